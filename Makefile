@@ -1,0 +1,47 @@
+# One venv for everything; created and filled from pyproject.toml on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?= configs/default.toml
+Q       ?= how do I create a virtual environment
+K       ?= 5
+
+.PHONY: embed index search ask test lint bench emulator clean help
+
+help:
+	@echo "make embed | search Q='...' | ask Q='...' | index | test | lint | bench | emulator | clean"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+embed: $(STAMP)
+	$(BIN)/pipeline embed --config $(CONFIG)
+
+index: $(STAMP)
+	$(BIN)/pipeline index --config $(CONFIG)
+
+search: $(STAMP)
+	$(BIN)/pipeline search --config $(CONFIG) -k $(K) "$(Q)"
+
+ask: $(STAMP)
+	$(BIN)/pipeline ask --config $(CONFIG) "$(Q)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run_all.py
+
+emulator: $(STAMP)
+	$(BIN)/pipeline emulator --port 8765
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,48 @@
+"""pipeline: batch embedding and vector indexing for GigaChat-class embedding APIs.
+
+Public entry point: the verbs (embed, search, ask, ...), the records they return, and the errors;
+loaded lazily so `pipeline.emulator` or `pipeline.errors` do not pull in FAISS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "api": ["EmbedReport", "SearchResult", "ask", "build_index_for", "chunk_corpus", "embed", "list_models",
+            "search"],
+    "ask": ["Answer", "Source"],
+    "config": ["Config", "load_config"],
+    "errors": ["AuthError", "BadRequestError", "BadResponseError", "ConfigError", "ContentRefusedError",
+               "IndexBuildError", "LockHeldError", "ModelMismatchError", "NetworkError", "PipelineError",
+               "ProviderError", "RateLimitError", "RequestTooLargeError", "ServerError", "SourceError",
+               "StoreError"],
+    "records": ["Chunk", "Document", "Hit", "ModelSpec"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import EmbedReport, SearchResult, ask, build_index_for, chunk_corpus, embed, list_models, search
+    from .ask import Answer, Source
+    from .config import Config, load_config
+    from .errors import *  # noqa: F403
+    from .records import Chunk, Document, Hit, ModelSpec

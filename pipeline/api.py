@@ -1,0 +1,337 @@
+"""API: the verbs (embed, build_index, search, ask, chunk, list_models) that join the stages.
+
+The only place outside the emulator that runs an event loop; the CLI is a thin shell over these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from .ask import Answer, extractive_answer
+from .chunking import ChunkSettings, chunk_document, split_for_retry
+from .config import Config
+from .embedding import EmbedItem, EmbedStats, embed_items
+from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
+from .index import IndexReport, build_index, load_index
+from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
+from .records import Chunk, Hit, ModelSpec
+from .search import search_vectors
+from .sources import SourceReport, iter_documents
+from .store import (
+    Snapshot,
+    VectorCache,
+    chunk_table,
+    current_snapshot,
+    fingerprint_id,
+    new_snapshot_dir,
+    normalize_rows,
+    publish_snapshot,
+    write_json_atomic,
+    write_table_atomic,
+)
+from .tokens import token_counter_for
+
+__all__ = [
+    "EmbedReport",
+    "SearchResult",
+    "ask",
+    "build_index_for",
+    "chunk_corpus",
+    "embed",
+    "list_models",
+    "search",
+]
+
+Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
+EXIT_PARTIAL = 3
+
+
+def _no_progress(label: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass
+class EmbedReport:
+    """What an embed run did; printed as the summary line and saved as out/run-report.json."""
+
+    corpus: str
+    model: str
+    out_dir: str
+    files: int = 0
+    documents: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    chunks: int = 0
+    tokens: int = 0
+    vectors: int = 0
+    cached: int = 0
+    embedded: int = 0
+    failed_chunks: int = 0
+    failed_documents: list[str] = field(default_factory=list)
+    failure_reasons: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    split_texts: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+    snapshot: str = ""
+    index: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed_chunks else 0
+
+    def summary(self) -> str:
+        skipped = sum(self.skipped.values())
+        rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        line = (f"{self.documents} documents, {self.chunks} chunks, {skipped} skipped, {self.vectors} vectors "
+                f"({self.embedded} embedded, {self.cached} cached), {self.failed_chunks} failed, "
+                f"{self.seconds:.1f} s, {rate:.1f} chunks/s")
+        return line
+
+
+@dataclass
+class SearchResult:
+    query: str
+    model: str
+    hits: list[Hit]
+    seconds: float
+
+
+def list_models(config: Config) -> list[ModelSpec]:
+    return sorted(config.registry.values(), key=lambda s: (s.kind, s.provider, s.name))
+
+
+def _fingerprint(spec: ModelSpec, config: Config, settings: ChunkSettings, counter_name: str) -> dict[str, Any]:
+    return {
+        "model": spec.name, "provider": spec.provider, "endpoint": provider_endpoint(spec, config),
+        "dimension": spec.dimension, "normalize": spec.normalize,
+        "query_instruction": spec.query_instruction, "passage_instruction": spec.passage_instruction,
+        "chunking": {"max_tokens": settings.max_tokens, "target_tokens": settings.target_tokens,
+                     "overlap_tokens": settings.overlap_tokens, "tokenizer": counter_name},
+    }
+
+
+def _cache_key(fp: dict[str, Any]) -> str:
+    """Vectors depend on model, endpoint and passage instruction, not on chunking or normalisation."""
+    return f"{fp['model']}-" + fingerprint_id({k: fp[k] for k in ("model", "provider", "endpoint", "dimension",
+                                                                     "passage_instruction")})
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out_dir / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LockHeldError(f"{out_dir}: another pipeline run holds the lock ({out_dir / '.lock'})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def chunk_corpus(
+    config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = _no_progress
+) -> Iterator[Chunk]:
+    """Chunks of every document of a corpus, for the configured model."""
+    spec = config.model_spec()
+    settings = ChunkSettings.for_model(spec, config.chunking)
+    counter = token_counter_for(spec)
+    advance = progress("chunk", None)
+    for doc in iter_documents(corpus, report):
+        yield from chunk_document(doc, settings, counter)
+        advance(1)
+
+
+def embed(config: Config, *, build: bool = True, progress: Progress = _no_progress) -> EmbedReport:
+    """Chunk, embed (cache first), write a Parquet snapshot, build its index, and publish it.
+
+    Documents with a chunk that failed after all retries are left out (and listed); the previous
+    snapshot keeps serving until the new one is complete and published.
+    """
+    started = time.perf_counter()
+    if config.corpus is None:
+        raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
+    if not config.corpus.exists():
+        raise SourceError(f"{config.corpus}: corpus path does not exist")
+    spec = config.model_spec()
+    settings = ChunkSettings.for_model(spec, config.chunking)
+    counter = token_counter_for(spec)
+    fp = _fingerprint(spec, config, settings, counter.name)
+    report = EmbedReport(corpus=str(config.corpus), model=spec.name, out_dir=str(config.out_dir))
+
+    with _locked(config.out_dir):
+        sources = SourceReport()
+        chunks = list(chunk_corpus(config, config.corpus, sources, progress))
+        report.files, report.documents = sources.files, sources.documents
+        report.skipped, report.warnings = dict(sources.skipped), sources.warnings
+        report.chunks = len(chunks)
+        report.tokens = sum(c.token_count for c in chunks)
+
+        cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
+        todo: dict[str, EmbedItem] = {}
+        for c in chunks:
+            if c.content_hash not in cache and c.content_hash not in todo:
+                todo[c.content_hash] = EmbedItem(c.content_hash, c.text, c.token_count)
+        report.cached = sum(1 for c in chunks if c.content_hash in cache)
+
+        stats = EmbedStats()
+        if todo:
+            stats = asyncio.run(_embed_missing(config, spec, list(todo.values()), cache, progress))
+        report.embedded = stats.texts
+        report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
+        report.errors = dict(stats.errors)
+        report.embed_seconds = stats.seconds
+
+        failed_docs = sorted({c.doc_id for c in chunks if c.content_hash in stats.failed})
+        report.failed_documents = failed_docs
+        report.failed_chunks = sum(1 for c in chunks if c.content_hash in stats.failed)
+        report.failure_reasons = sorted(set(stats.failed.values()))[:10]
+        keep = [c for c in chunks if c.doc_id not in set(failed_docs)]
+        snap = _write_snapshot(config, keep, cache, fp, sources, failed_docs)
+        report.vectors = len(keep)
+        if build and keep:
+            index_report = _build(config, snap, progress)
+            report.index = asdict(index_report)
+        publish_snapshot(config.out_dir, snap)
+        report.snapshot = str(snap.path)
+        report.seconds = time.perf_counter() - started
+        write_json_atomic(asdict(report), config.out_dir / "run-report.json")
+    return report
+
+
+async def _embed_missing(config: Config, spec: ModelSpec, items: list[EmbedItem], cache: VectorCache,
+                         progress: Progress) -> EmbedStats:
+    provider: EmbeddingProvider = embedding_provider(spec, config)
+    counter = token_counter_for(spec)
+    advance = progress("embed", len(items))
+
+    async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
+        await asyncio.to_thread(cache.put, keys, matrix)
+
+    try:
+        return await embed_items(provider, items, config.embedding, on_batch=on_batch, progress=advance,
+                                 splitter=lambda text: split_for_retry(text, counter))
+    finally:
+        await provider.aclose()
+
+
+def _write_snapshot(config: Config, chunks: list[Chunk], cache: VectorCache, fp: dict[str, Any],
+                    sources: SourceReport, failed_docs: list[str]) -> Snapshot:
+    spec = config.model_spec()
+    matrix = cache.get_many([c.content_hash for c in chunks]) if chunks else np.zeros((0, spec.dimension),
+                                                                                      np.float32)
+    if spec.normalize:
+        normalize_rows(matrix)
+    meta = {"model": spec.name, "dimension": spec.dimension, "normalize": spec.normalize,
+            "fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "created_at": _now_iso()}
+    snap = new_snapshot_dir(config.out_dir)
+    write_table_atomic(chunk_table(chunks, matrix, meta), snap.vectors_path)
+    docs: dict[str, dict[str, Any]] = {}
+    for c in chunks:
+        entry = docs.setdefault(c.doc_id, {"source_path": c.source_path, "chunks": 0})
+        entry["chunks"] += 1
+    write_json_atomic({**meta, "corpus": str(config.corpus), "documents": docs, "failed_documents": failed_docs,
+                       "skipped": dict(sources.skipped)}, snap.manifest_path)
+    return snap
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
+    import pyarrow.parquet as pq
+
+    total = pq.ParquetFile(snap.vectors_path).metadata.num_rows
+    return build_index(snap, index_type=config.index.index_type,
+                       memory_budget_bytes=config.index.memory_budget_bytes,
+                       target_recall=config.index.target_recall, progress=progress("index", total))
+
+
+def build_index_for(config: Config, progress: Progress = _no_progress) -> IndexReport:
+    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
+    with _locked(config.out_dir):
+        live = _live(config.out_dir)
+        snap = new_snapshot_dir(config.out_dir)
+        for src in (live.vectors_path, live.manifest_path):
+            try:
+                os.link(src, snap.path / src.name)
+            except OSError:
+                import shutil
+
+                shutil.copy2(src, snap.path / src.name)
+        report = _build(config, snap, progress)
+        publish_snapshot(config.out_dir, snap)
+    return report
+
+
+def _live(out_dir: Path) -> Snapshot:
+    snap = current_snapshot(out_dir)
+    if snap is None:
+        raise StoreError(f"{out_dir}: nothing embedded yet; run `pipeline embed` first")
+    return snap
+
+
+class _Searcher:
+    """An index with the provider of its model, to embed queries the same way its passages were."""
+
+    def __init__(self, config: Config, model: str | None) -> None:
+        self.snap = _live(config.out_dir)
+        self.index, self.rows, self.meta = load_index(self.snap)
+        indexed = self.meta.get("fingerprint", {})
+        name = indexed.get("model", "")
+        if model and model != name:
+            raise ModelMismatchError(f"{config.out_dir} was built with model {name!r}; a query embedded with "
+                                     f"{model!r} would not be comparable. Search it without --model, or "
+                                     f"embed again with --model {model} --out another directory")
+        self.spec = config.model_spec(name)
+        if self.spec.dimension != indexed.get("dimension") or self.index.d != self.spec.dimension:
+            raise ModelMismatchError(f"{config.out_dir}: index dimension {self.index.d} does not match model "
+                                     f"{name} ({self.spec.dimension})")
+        self.config = config
+
+    def embed(self, texts: list[str], *, is_query: bool) -> np.ndarray:
+        async def run() -> np.ndarray:
+            provider = embedding_provider(self.spec, self.config)
+            try:
+                return await provider.embed_batch(texts, is_query=is_query)
+            finally:
+                await provider.aclose()
+
+        matrix = np.array(asyncio.run(run()), dtype=np.float32)
+        return normalize_rows(matrix) if self.spec.normalize else matrix
+
+
+def search(config: Config, query: str, *, k: int = 5, model: str | None = None) -> SearchResult:
+    """Top-k chunks for a query. Raises ModelMismatchError if `model` differs from the index's."""
+    if not query.strip():
+        raise ConfigError("QUERY: empty query")
+    started = time.perf_counter()
+    searcher = _Searcher(config, model)
+    vector = searcher.embed([query], is_query=True)[0]
+    hits = search_vectors(searcher.index, searcher.rows, vector, k)
+    return SearchResult(query, searcher.spec.name, hits, time.perf_counter() - started)
+
+
+def ask(config: Config, question: str, *, k: int = 5, model: str | None = None) -> Answer:
+    """An answer with [n] citations: extractive from the top-k chunks (no chat model configured)."""
+    if not question.strip():
+        raise ConfigError("QUESTION: empty question")
+    searcher = _Searcher(config, model)
+    vector = searcher.embed([question], is_query=True)[0]
+    hits = search_vectors(searcher.index, searcher.rows, vector, k)
+    return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False))

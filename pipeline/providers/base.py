@@ -1,0 +1,31 @@
+"""Provider contracts: what an embedding provider must offer the embedder and search.
+
+Protocols only; batching, retries and rate limits live in pipeline.embedding, not in providers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..records import ModelSpec
+
+__all__ = ["EmbeddingProvider"]
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A batch of texts in, a float32 matrix (len(texts), spec.dimension) out, rows in input order.
+
+    Providers return the service's raw vectors (not normalised) and raise pipeline.errors.ProviderError
+    subclasses; they apply the model's query/passage instructions themselves.
+    """
+
+    name: str
+    spec: ModelSpec
+
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray: ...
+
+    async def aclose(self) -> None: ...

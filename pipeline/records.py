@@ -1,0 +1,78 @@
+"""Records: the value types that flow between stages (Document, Chunk, Hit, ModelSpec).
+
+Plain frozen dataclasses; no I/O, no third-party imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Chunk", "Document", "Hit", "ModelSpec"]
+
+ModelKind = Literal["embed", "chat"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the registry (configs/models.toml)."""
+
+    name: str
+    provider: str  # "local", "gigachat", "openai"
+    kind: ModelKind
+    max_input_tokens: int
+    dimension: int = 0  # embedding models only
+    query_instruction: str = ""  # prepended to search queries (asymmetric models)
+    passage_instruction: str = ""  # prepended to passages
+    normalize: bool = True  # L2-normalise vectors, then search by inner product
+    max_batch_texts: int = 100
+    max_batch_tokens: int = 0  # 0: no per-request token cap
+    tokenizer: str = "proxy"  # "proxy" (offline estimate) or "e5" (exact, local model)
+    vision: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text from the corpus: a file, or one record of a .jsonl file."""
+
+    doc_id: str  # path relative to the corpus root, plus "#<record id>" for .jsonl records
+    source_path: str  # path relative to the corpus root
+    text: str
+    content_hash: str  # sha256 hex of the text
+    doc_type: str  # "txt", "md", "html", "jsonl"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of a Document that fits the model's input limit: text == doc.text[char_start:char_end]."""
+
+    chunk_id: str  # f"{doc_id}:{chunk_index}"
+    doc_id: str
+    source_path: str
+    chunk_index: int
+    char_start: int  # includes the overlap taken from the previous chunk
+    char_end: int
+    text: str
+    token_count: int
+    content_hash: str  # sha256 hex of text
+    doc_type: str = ""
+    overlap_chars: int = 0  # the first overlap_chars of text repeat the previous chunk's end
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    chunk_id: str
+    doc_id: str
+    source_path: str
+    chunk_index: int
+    char_start: int
+    char_end: int
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,290 @@
+"""Store: Parquet snapshots of chunk vectors, the CURRENT pointer, and the vector cache.
+
+An output directory holds immutable snapshots; CURRENT names the one that serves searches and is
+switched with an atomic rename. The cache keeps raw vectors by (model fingerprint, content hash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import StoreError
+from .records import Chunk
+
+__all__ = [
+    "META_KEY",
+    "Snapshot",
+    "VectorCache",
+    "chunk_table",
+    "current_snapshot",
+    "fingerprint_id",
+    "new_snapshot_dir",
+    "normalize_rows",
+    "publish_snapshot",
+    "read_rows",
+    "read_vectors",
+    "write_json_atomic",
+    "write_table_atomic",
+]
+
+META_KEY = b"pipeline"
+CURRENT = "CURRENT"
+SNAPSHOTS = "snapshots"
+VECTORS_FILE = "vectors.parquet"
+MANIFEST_FILE = "manifest.json"
+KEEP_SNAPSHOTS = 2
+
+ROW_COLUMNS = ("chunk_id", "doc_id", "source_path", "doc_type", "chunk_index", "char_start", "char_end",
+               "token_count", "overlap_chars", "content_hash", "text", "metadata")
+
+
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    """A short stable id of a fingerprint dict (canonical JSON, sha256)."""
+    canonical = json.dumps(fingerprint, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """L2-normalise rows in place (zero rows stay zero) and return the matrix."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    np.divide(matrix, norms, out=matrix, where=norms > 0)
+    return matrix
+
+
+def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    flat = pa.array(matrix.reshape(-1), type=pa.float32())  # zero-copy view of the numpy buffer
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def chunk_table(chunks: Sequence[Chunk], matrix: np.ndarray | None, meta: dict[str, Any]) -> pa.Table:
+    """One row per chunk, vector as fixed_size_list<float32>[dim]; `meta` goes into the file metadata."""
+    columns: dict[str, pa.Array] = {
+        "chunk_id": pa.array([c.chunk_id for c in chunks], pa.string()),
+        "doc_id": pa.array([c.doc_id for c in chunks], pa.string()),
+        "source_path": pa.array([c.source_path for c in chunks], pa.string()),
+        "doc_type": pa.array([c.doc_type for c in chunks], pa.string()),
+        "chunk_index": pa.array([c.chunk_index for c in chunks], pa.int32()),
+        "char_start": pa.array([c.char_start for c in chunks], pa.int64()),
+        "char_end": pa.array([c.char_end for c in chunks], pa.int64()),
+        "token_count": pa.array([c.token_count for c in chunks], pa.int32()),
+        "overlap_chars": pa.array([c.overlap_chars for c in chunks], pa.int32()),
+        "content_hash": pa.array([c.content_hash for c in chunks], pa.string()),
+        "text": pa.array([c.text for c in chunks], pa.string()),
+        "metadata": pa.array([json.dumps(c.metadata, ensure_ascii=False) if c.metadata else "{}"
+                              for c in chunks], pa.string()),
+    }
+    if matrix is not None:
+        if matrix.shape[0] != len(chunks):
+            raise StoreError(f"{matrix.shape[0]} vectors for {len(chunks)} chunks")
+        columns["vector"] = _vector_array(matrix)
+    table = pa.table(columns)
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write Parquet to a temporary name, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One immutable build: vectors.parquet, manifest.json and index/ inside `path`."""
+
+    path: Path
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.path / VECTORS_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / "index"
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(f"{self.manifest_path}: manifest missing") from None
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{self.manifest_path}: corrupt manifest: {e}") from None
+
+
+def new_snapshot_dir(out_dir: Path) -> Snapshot:
+    now = time.time_ns()  # names sort in creation order, which pruning relies on
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    path = out_dir / SNAPSHOTS / f"{stamp}.{now % 1_000_000_000:09d}"
+    path.mkdir(parents=True)
+    return Snapshot(path)
+
+
+def current_snapshot(out_dir: Path) -> Snapshot | None:
+    """The snapshot CURRENT points to, or None when nothing was published yet."""
+    pointer = out_dir / CURRENT
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    snap = Snapshot(out_dir / SNAPSHOTS / name)
+    if not snap.path.is_dir():
+        raise StoreError(f"{pointer}: points to missing snapshot {name!r}")
+    return snap
+
+
+def publish_snapshot(out_dir: Path, snap: Snapshot) -> None:
+    """Make `snap` the live one (atomic rename of CURRENT), then drop old snapshots."""
+    pointer = out_dir / CURRENT
+    tmp = out_dir / f".{CURRENT}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(snap.path.name + "\n", encoding="utf-8")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(snap.path)
+    os.replace(tmp, pointer)
+    _fsync_dir(out_dir)
+    _prune(out_dir, keep=snap.path.name)
+
+
+def _prune(out_dir: Path, keep: str) -> None:
+    snaps = sorted((p for p in (out_dir / SNAPSHOTS).iterdir() if p.is_dir()), key=lambda p: p.name)
+    old = [p for p in snaps if p.name != keep][: max(0, len(snaps) - KEEP_SNAPSHOTS)]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_parquet(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not found") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: unreadable Parquet: {e}") from None
+
+
+def read_rows(path: Path) -> pa.Table:
+    """Every column but the vector."""
+    return _read_parquet(path, ROW_COLUMNS)
+
+
+def read_vectors(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The vector column as a float32 (n, dim) matrix, and the file's pipeline metadata."""
+    table = _read_parquet(path, ["vector"])
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    column = table.column("vector").combine_chunks()
+    if not isinstance(column.type, pa.FixedSizeListType):
+        raise StoreError(f"{path}: column 'vector' is not fixed_size_list<float32>")
+    dim = column.type.list_size
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, dim).astype(np.float32, copy=False), meta
+
+
+class VectorCache:
+    """Raw vectors by content hash for one model fingerprint, in append-only Parquet parts.
+
+    Each flush is one part file written atomically, so a crash loses at most the unflushed rows and a
+    rerun embeds only what no part holds. Reused across runs and corpora.
+    """
+
+    def __init__(self, root: Path, key: str, dimension: int) -> None:
+        self.dir = root / "vectors" / key
+        self.dimension = dimension
+        self._rows: dict[str, int] = {}
+        self._blocks: list[np.ndarray] = []
+        self._size = 0
+        self._lock = threading.Lock()  # put() runs in worker threads while the loop reads
+        self._load()
+
+    def _load(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for part in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part)
+            except (pa.ArrowInvalid, OSError):
+                continue  # a torn write cannot happen (atomic rename), but a foreign file must not kill a run
+            column = table.column("vector").combine_chunks()
+            if column.type.list_size != self.dimension:
+                continue
+            matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dimension)
+            hashes = table.column("content_hash").to_pylist()
+            self._add(hashes, matrix)
+
+    def _add(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
+        base = self._size
+        self._blocks.append(np.asarray(matrix, dtype=np.float32))
+        self._size += len(hashes)
+        for i, h in enumerate(hashes):
+            self._rows[h] = base + i
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, content_hash: str) -> bool:
+        return content_hash in self._rows
+
+    def get_many(self, hashes: Sequence[str]) -> np.ndarray:
+        """Vectors for hashes that are all present, in the given order."""
+        with self._lock:
+            if len(self._blocks) > 1:
+                self._blocks = [np.concatenate(self._blocks)]
+            if not self._blocks:
+                return np.zeros((0, self.dimension), np.float32)
+            rows = np.fromiter((self._rows[h] for h in hashes), dtype=np.int64, count=len(hashes))
+            return self._blocks[0][rows]
+
+    def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
+        """Persist a block of vectors (one atomic part file), then make them visible."""
+        if len(hashes) == 0:
+            return
+        if matrix.shape != (len(hashes), self.dimension):
+            raise StoreError(f"cache put: shape {matrix.shape} for {len(hashes)} hashes of dim {self.dimension}")
+        table = pa.table({"content_hash": pa.array(list(hashes), pa.string()), "vector": _vector_array(matrix)})
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.parquet"
+        write_table_atomic(table, self.dir / name)
+        with self._lock:
+            self._add(hashes, matrix)
