@@ -41,8 +41,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import EmbedReport, SearchResult, ask, build_index_for, chunk_corpus, embed, list_models, search
-    from .ask import Answer, Source
-    from .config import Config, load_config
+    from .api import (  # noqa: F401
+        EmbedReport,
+        SearchResult,
+        ask,
+        build_index_for,
+        chunk_corpus,
+        embed,
+        list_models,
+        search,
+    )
+    from .ask import Answer, Source  # noqa: F401
+    from .config import Config, load_config  # noqa: F401
     from .errors import *  # noqa: F403
-    from .records import Chunk, Document, Hit, ModelSpec
+    from .records import Chunk, Document, Hit, ModelSpec  # noqa: F401

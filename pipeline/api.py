@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,14 @@ from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
 from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
+from .incremental import CorpusDiff, diff_corpus, merge_tables
 from .index import IndexReport, build_index, load_index
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
 from .records import Chunk, Hit, ModelSpec
 from .search import search_vectors
 from .sources import SourceReport, iter_documents
 from .store import (
+    META_KEY,
     Snapshot,
     VectorCache,
     chunk_table,
@@ -86,6 +90,7 @@ class EmbedReport:
     embed_seconds: float = 0.0
     seconds: float = 0.0
     snapshot: str = ""
+    diff: dict[str, int] = field(default_factory=dict)  # added / changed / deleted / unchanged documents
     index: dict[str, Any] | None = None
 
     @property
@@ -95,10 +100,12 @@ class EmbedReport:
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
         rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
-        line = (f"{self.documents} documents, {self.chunks} chunks, {skipped} skipped, {self.vectors} vectors "
-                f"({self.embedded} embedded, {self.cached} cached), {self.failed_chunks} failed, "
-                f"{self.seconds:.1f} s, {rate:.1f} chunks/s")
-        return line
+        d = self.diff
+        changes = (f" (+{d.get('added', 0)} ~{d.get('changed', 0)} -{d.get('deleted', 0)} "
+                   f"={d.get('unchanged', 0)})") if d else ""
+        return (f"{self.documents} documents{changes}, {self.chunks} chunks, {skipped} skipped, "
+                f"{self.vectors} vectors ({self.embedded} embedded, {self.cached} cached), "
+                f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s")
 
 
 @dataclass
@@ -156,11 +163,27 @@ def chunk_corpus(
         advance(1)
 
 
-def embed(config: Config, *, build: bool = True, progress: Progress = _no_progress) -> EmbedReport:
-    """Chunk, embed (cache first), write a Parquet snapshot, build its index, and publish it.
+def _sibling_out_dir(out_dir: Path, fp: dict[str, Any]) -> Path:
+    return out_dir.with_name(f"{out_dir.name}.{fp['model']}-{fingerprint_id(fp)[:8]}")
 
-    Documents with a chunk that failed after all retries are left out (and listed); the previous
-    snapshot keeps serving until the new one is complete and published.
+
+def _crash_point(name: str) -> None:
+    """Die like kill -9 at a named point when the crash tests ask for it (PIPELINE_TEST_CRASH_AT)."""
+    if os.environ.get("PIPELINE_TEST_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def embed(config: Config, *, build: bool = True, new_index: bool = False,
+          progress: Progress = _no_progress) -> EmbedReport:
+    """Bring the output directory up to date with the corpus: incremental, locked, atomic.
+
+    Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
+    ones are chunked and embedded (the cache first); deleted ones drop out. A document whose
+    embedding failed keeps its previous version, is listed, and is redone by the next run. The new
+    snapshot is published only when complete, so searches never see a half-built index.
+    Raises ModelMismatchError when the live index has another model fingerprint (use new_index).
     """
     started = time.perf_counter()
     if config.corpus is None:
@@ -171,23 +194,41 @@ def embed(config: Config, *, build: bool = True, progress: Progress = _no_progre
     settings = ChunkSettings.for_model(spec, config.chunking)
     counter = token_counter_for(spec)
     fp = _fingerprint(spec, config, settings, counter.name)
-    report = EmbedReport(corpus=str(config.corpus), model=spec.name, out_dir=str(config.out_dir))
+    out_dir = config.out_dir
+    if new_index:
+        live = current_snapshot(out_dir) if out_dir.exists() else None
+        if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
+            out_dir = _sibling_out_dir(out_dir, fp)
+    config = replace(config, out_dir=out_dir)
+    report = EmbedReport(corpus=str(config.corpus), model=spec.name, out_dir=str(out_dir))
 
-    with _locked(config.out_dir):
+    with _locked(out_dir):
+        previous = current_snapshot(out_dir)
+        prev_manifest = previous.manifest() if previous else None
+        if prev_manifest and prev_manifest.get("fingerprint_id") != fingerprint_id(fp):
+            was = prev_manifest.get("fingerprint", {})
+            raise ModelMismatchError(
+                f"{out_dir} holds an index of {was.get('model')!r} with other settings "
+                f"(fingerprint {prev_manifest.get('fingerprint_id')}); this run would be {spec.name!r} "
+                f"({fingerprint_id(fp)}). Use --new-index to build beside it, or --out another directory")
+
         sources = SourceReport()
-        chunks = list(chunk_corpus(config, config.corpus, sources, progress))
+        diff = diff_corpus(iter_documents(config.corpus, sources), prev_manifest["documents"] if prev_manifest else None)
         report.files, report.documents = sources.files, sources.documents
         report.skipped, report.warnings = dict(sources.skipped), sources.warnings
-        report.chunks = len(chunks)
-        report.tokens = sum(c.token_count for c in chunks)
+        report.diff = diff.counts()
+        advance = progress("chunk", len(diff.to_chunk))
+        new_chunks: list[Chunk] = []
+        for doc in diff.to_chunk:
+            new_chunks.extend(chunk_document(doc, settings, counter))
+            advance(1)
 
         cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
         todo: dict[str, EmbedItem] = {}
-        for c in chunks:
+        for c in new_chunks:
             if c.content_hash not in cache and c.content_hash not in todo:
                 todo[c.content_hash] = EmbedItem(c.content_hash, c.text, c.token_count)
-        report.cached = sum(1 for c in chunks if c.content_hash in cache)
-
+        report.cached = sum(1 for c in new_chunks if c.content_hash in cache)
         stats = EmbedStats()
         if todo:
             stats = asyncio.run(_embed_missing(config, spec, list(todo.values()), cache, progress))
@@ -195,22 +236,33 @@ def embed(config: Config, *, build: bool = True, progress: Progress = _no_progre
         report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
         report.errors = dict(stats.errors)
         report.embed_seconds = stats.seconds
+        report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
 
-        failed_docs = sorted({c.doc_id for c in chunks if c.content_hash in stats.failed})
+        failed_docs = sorted({c.doc_id for c in new_chunks if c.content_hash in stats.failed})
         report.failed_documents = failed_docs
-        report.failed_chunks = sum(1 for c in chunks if c.content_hash in stats.failed)
+        report.failed_chunks = sum(1 for c in new_chunks if c.content_hash in stats.failed)
         report.failure_reasons = sorted(set(stats.failed.values()))[:10]
-        keep = [c for c in chunks if c.doc_id not in set(failed_docs)]
-        snap = _write_snapshot(config, keep, cache, fp, sources, failed_docs)
-        report.vectors = len(keep)
-        if build and keep:
-            index_report = _build(config, snap, progress)
-            report.index = asdict(index_report)
-        publish_snapshot(config.out_dir, snap)
+        _crash_point("after_embed")
+
+        snap = _write_snapshot(config, spec, fp, diff, new_chunks, set(failed_docs), cache, previous,
+                               prev_manifest, sources)
+        report.chunks = snap_rows = _row_count(snap)
+        report.vectors = snap_rows
+        if build and snap_rows:
+            report.index = asdict(_build(config, snap, progress))
+        _crash_point("before_publish")
+        publish_snapshot(out_dir, snap, previous=previous)
+        _crash_point("after_publish")
         report.snapshot = str(snap.path)
         report.seconds = time.perf_counter() - started
-        write_json_atomic(asdict(report), config.out_dir / "run-report.json")
+        write_json_atomic(asdict(report), out_dir / "run-report.json")
     return report
+
+
+def _row_count(snap: Snapshot) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(snap.vectors_path).metadata.num_rows)
 
 
 async def _embed_missing(config: Config, spec: ModelSpec, items: list[EmbedItem], cache: VectorCache,
@@ -229,23 +281,48 @@ async def _embed_missing(config: Config, spec: ModelSpec, items: list[EmbedItem]
         await provider.aclose()
 
 
-def _write_snapshot(config: Config, chunks: list[Chunk], cache: VectorCache, fp: dict[str, Any],
-                    sources: SourceReport, failed_docs: list[str]) -> Snapshot:
-    spec = config.model_spec()
-    matrix = cache.get_many([c.content_hash for c in chunks]) if chunks else np.zeros((0, spec.dimension),
-                                                                                      np.float32)
+def _write_snapshot(config: Config, spec: ModelSpec, fp: dict[str, Any], diff: CorpusDiff, new_chunks: list[Chunk],
+                    failed_docs: set[str], cache: VectorCache, previous: Snapshot | None,
+                    prev_manifest: dict[str, Any] | None, sources: SourceReport) -> Snapshot:
+    """New snapshot = unchanged rows of the previous one + rows of new chunks (+ old rows of failed docs)."""
+    import pyarrow.parquet as pq
+
+    prev_docs: dict[str, Any] = prev_manifest["documents"] if prev_manifest else {}
+    done = [c for c in new_chunks if c.doc_id not in failed_docs]
+    matrix = cache.get_many([c.content_hash for c in done]) if done else np.zeros((0, spec.dimension), np.float32)
     if spec.normalize:
         normalize_rows(matrix)
     meta = {"model": spec.name, "dimension": spec.dimension, "normalize": spec.normalize,
             "fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "created_at": _now_iso()}
+    keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
+    old_table = pq.read_table(previous.vectors_path) if previous is not None and keep_old else None
+    new_table = chunk_table(done, matrix, meta) if done else None
+    if old_table is None and new_table is None:
+        table = chunk_table([], np.zeros((0, spec.dimension), np.float32), meta)
+    else:
+        table = merge_tables(old_table, keep_old, new_table, diff.order)
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+
+    documents: dict[str, dict[str, Any]] = {}
+    for doc_id in diff.unchanged:
+        documents[doc_id] = prev_docs[doc_id]
+    for doc_id in failed_docs:
+        if doc_id in prev_docs:  # the old version keeps serving; its old hash makes the next run retry
+            documents[doc_id] = prev_docs[doc_id]
+    chunk_counts: dict[str, int] = {}
+    source_of: dict[str, str] = {}
+    for c in done:
+        chunk_counts[c.doc_id] = chunk_counts.get(c.doc_id, 0) + 1
+        source_of[c.doc_id] = c.source_path
+    for doc in diff.to_chunk:
+        if doc.doc_id not in failed_docs:
+            documents[doc.doc_id] = {"content_hash": doc.content_hash, "source_path": doc.source_path,
+                                     "chunks": chunk_counts.get(doc.doc_id, 0)}
     snap = new_snapshot_dir(config.out_dir)
-    write_table_atomic(chunk_table(chunks, matrix, meta), snap.vectors_path)
-    docs: dict[str, dict[str, Any]] = {}
-    for c in chunks:
-        entry = docs.setdefault(c.doc_id, {"source_path": c.source_path, "chunks": 0})
-        entry["chunks"] += 1
-    write_json_atomic({**meta, "corpus": str(config.corpus), "documents": docs, "failed_documents": failed_docs,
-                       "skipped": dict(sources.skipped)}, snap.manifest_path)
+    write_table_atomic(table, snap.vectors_path)
+    write_json_atomic({**meta, "corpus": str(config.corpus), "documents": documents,
+                       "failed_documents": sorted(failed_docs), "skipped": dict(sources.skipped)},
+                      snap.manifest_path)
     return snap
 
 
@@ -270,12 +347,10 @@ def build_index_for(config: Config, progress: Progress = _no_progress) -> IndexR
         for src in (live.vectors_path, live.manifest_path):
             try:
                 os.link(src, snap.path / src.name)
-            except OSError:
-                import shutil
-
+            except OSError:  # another filesystem, or no hard links there
                 shutil.copy2(src, snap.path / src.name)
         report = _build(config, snap, progress)
-        publish_snapshot(config.out_dir, snap)
+        publish_snapshot(config.out_dir, snap, previous=live)
     return report
 
 

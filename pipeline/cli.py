@@ -66,39 +66,68 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
+def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.argument("corpus", required=False, type=click.Path(path_type=Path)),
+        config_option, model_option, out_option,
+        click.option("--no-index", is_flag=True, help="Write the Parquet vectors but do not build the index."),
+        click.option("--new-index", is_flag=True,
+                     help="If --out holds an index of another model or chunker, build a separate one beside it "
+                          "(OUT.<model>-<fingerprint>) instead of refusing."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
+        click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr."),
+        json_option,
+    ]):
+        f = option(f)
+    return f
+
+
+def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
+               no_index: bool, new_index: bool, batch_size: int | None, progress: bool, as_json: bool) -> None:
+    from dataclasses import replace
+
+    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir)
+    if batch_size:
+        config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
+    report = api.embed(config, build=not no_index, new_index=new_index,
+                       progress=_progress_bars(progress and not as_json))
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        for reason in report.failure_reasons:
+            click.echo(f"failed: {reason}", err=True)
+        if report.index:
+            ix = report.index
+            click.echo(f"index: {ix['factory']} over {ix['vectors']} vectors, recall@10 {ix['recall_at_10']:.3f}, "
+                       f"p50 {ix['latency_p50_ms']:.2f} ms -> {report.out_dir}", err=True)
+        click.echo(report.summary())
+    sys.exit(report.exit_code)
+
+
 @cli.command()
-@click.argument("corpus", required=False, type=click.Path(path_type=Path))
-@config_option
-@model_option
-@out_option
-@click.option("--no-index", is_flag=True, help="Write the Parquet vectors but do not build the index.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")
-@json_option
-def embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
-          no_index: bool, batch_size: int | None, progress: bool, as_json: bool) -> None:
+@_embed_options
+def embed(**options: Any) -> None:
     """Chunk, embed and index CORPUS (a folder or file of .txt, .md, .html, .jsonl).
 
     Unchanged chunks reuse cached vectors; a failed document is left out, reported, and retried on
     the next run (exit code 3). The previous index keeps serving until the new one is complete.
     """
-    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir)
-    if batch_size:
-        from dataclasses import replace
+    _run_embed(**options)
 
-        config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
-    report = api.embed(config, build=not no_index, progress=_progress_bars(progress and not as_json))
-    if as_json:
-        _print_json(asdict(report))
-    else:
-        for w in report.failure_reasons:
-            click.echo(f"failed: {w}", err=True)
-        if report.index:
-            ix = report.index
-            click.echo(f"index: {ix['factory']} over {ix['vectors']} vectors, recall@10 {ix['recall_at_10']:.3f}, "
-                       f"p50 {ix['latency_p50_ms']:.2f} ms", err=True)
-        click.echo(report.summary())
-    sys.exit(report.exit_code)
+
+@cli.command()
+@_embed_options
+def reindex(**options: Any) -> None:
+    """Bring the index up to date with CORPUS: only new and changed documents are embedded.
+
+    For cron or systemd timers: deleted documents drop out, unchanged ones cost a hash. Exit codes:
+    0 done, 3 some documents failed (they keep their previous version and are retried next run),
+    75 another run holds the lock, 2 bad input. The JSON run report is OUT/run-report.json.
+
+    \b
+    crontab:  */30 * * * *  cd /srv/pipeline && .venv/bin/pipeline reindex data/ --no-progress
+    """
+    _run_embed(**options)
 
 
 @cli.command()

@@ -100,7 +100,6 @@ class EmbeddingConfig:
     requests_per_minute: float = 0
     tokens_per_minute: float = 0
     max_attempts: int = 6
-    timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from .config import EmbeddingConfig
-from .errors import BadResponseError, NetworkError, ProviderError, RateLimitError, RequestTooLargeError
+from .errors import BadResponseError, ProviderError, RateLimitError, RequestTooLargeError
 from .providers.base import EmbeddingProvider
 from .records import ModelSpec
 
@@ -137,7 +143,9 @@ async def embed_items(
     started = time.perf_counter()
     max_texts = cfg.batch_size or spec.max_batch_texts
     batches = plan_batches(items, max(1, max_texts), spec.max_batch_tokens)
-    concurrency = AdaptiveConcurrency(cfg.concurrency)
+    # A local model is CPU-bound and threads itself: parallel batches would only queue on its lock.
+    limit = min(cfg.concurrency, spec.max_concurrency) if spec.max_concurrency else cfg.concurrency
+    concurrency = AdaptiveConcurrency(limit)
     rpm = AsyncLimiter(cfg.requests_per_minute, 60) if cfg.requests_per_minute else None
     tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
     wait = _wait(wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s))
@@ -156,11 +164,7 @@ async def embed_items(
                 async with concurrency:
                     stats.requests += 1
                     try:
-                        matrix = await asyncio.wait_for(provider.embed_batch(texts), cfg.timeout_s)
-                    except TimeoutError:
-                        stats.errors["timeout"] += 1
-                        raise NetworkError(f"no answer within {cfg.timeout_s:g} s", provider=provider.name,
-                                           endpoint="embeddings") from None
+                        matrix = await provider.embed_batch(texts)
                     except ProviderError as e:
                         stats.errors[type(e).__name__] += 1
                         if isinstance(e, RateLimitError):
@@ -218,13 +222,13 @@ async def embed_items(
 
     # Bounded fan-out: at most a few batches beyond the concurrency limit are pending at once, so a
     # million-text corpus does not create a million coroutines.
-    queue: asyncio.Queue[list[EmbedItem] | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
+    queue: asyncio.Queue[list[EmbedItem] | None] = asyncio.Queue(maxsize=limit * 2)
 
     async def worker() -> None:
         while (batch := await queue.get()) is not None:
             await run(batch)
 
-    workers = [asyncio.create_task(worker()) for _ in range(cfg.concurrency)]
+    workers = [asyncio.create_task(worker()) for _ in range(limit)]
     try:
         for batch in batches:
             await queue.put(batch)

@@ -27,6 +27,7 @@ class ModelSpec:
     normalize: bool = True  # L2-normalise vectors, then search by inner product
     max_batch_texts: int = 100
     max_batch_tokens: int = 0  # 0: no per-request token cap
+    max_concurrency: int = 0  # 0: as configured; a local CPU model wants 1
     tokenizer: str = "proxy"  # "proxy" (offline estimate) or "e5" (exact, local model)
     vision: bool = False
     description: str = ""

@@ -47,7 +47,6 @@ CURRENT = "CURRENT"
 SNAPSHOTS = "snapshots"
 VECTORS_FILE = "vectors.parquet"
 MANIFEST_FILE = "manifest.json"
-KEEP_SNAPSHOTS = 2
 
 ROW_COLUMNS = ("chunk_id", "doc_id", "source_path", "doc_type", "chunk_index", "char_start", "char_end",
                "token_count", "overlap_chars", "content_hash", "text", "metadata")
@@ -177,8 +176,11 @@ def current_snapshot(out_dir: Path) -> Snapshot | None:
     return snap
 
 
-def publish_snapshot(out_dir: Path, snap: Snapshot) -> None:
-    """Make `snap` the live one (atomic rename of CURRENT), then drop old snapshots."""
+def publish_snapshot(out_dir: Path, snap: Snapshot, previous: Snapshot | None = None) -> None:
+    """Make `snap` the live one (atomic rename of CURRENT), then drop every snapshot but it and `previous`.
+
+    Unpublished leftovers of crashed runs go too; `previous` stays as the one-step rollback.
+    """
     pointer = out_dir / CURRENT
     tmp = out_dir / f".{CURRENT}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(snap.path.name + "\n", encoding="utf-8")
@@ -187,14 +189,12 @@ def publish_snapshot(out_dir: Path, snap: Snapshot) -> None:
     _fsync_dir(snap.path)
     os.replace(tmp, pointer)
     _fsync_dir(out_dir)
-    _prune(out_dir, keep=snap.path.name)
-
-
-def _prune(out_dir: Path, keep: str) -> None:
-    snaps = sorted((p for p in (out_dir / SNAPSHOTS).iterdir() if p.is_dir()), key=lambda p: p.name)
-    old = [p for p in snaps if p.name != keep][: max(0, len(snaps) - KEEP_SNAPSHOTS)]
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+    keep = {snap.path.name} | ({previous.path.name} if previous is not None else set())
+    for path in (out_dir / SNAPSHOTS).iterdir():
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+    for stale in out_dir.glob(f".{CURRENT}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _read_parquet(path: Path, columns: Iterable[str] | None = None) -> pa.Table:

@@ -2,7 +2,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import FakeProvider
+from fakes import FakeProvider
 
 from pipeline.config import EmbeddingConfig
 from pipeline.embedding import AdaptiveConcurrency, EmbedItem, embed_items, plan_batches
@@ -16,7 +16,7 @@ def _items(n: int) -> list[EmbedItem]:
     return [EmbedItem(key=f"k{i}", text=f"text number {i}", tokens=5 + i % 3) for i in range(n)]
 
 
-def _run(provider: FakeProvider, items: list[EmbedItem], cfg: EmbeddingConfig = EmbeddingConfig(), **kw):
+def _run(provider: FakeProvider, items: list[EmbedItem], cfg: EmbeddingConfig | None = None, **kw):
     got: dict[str, np.ndarray] = {}
 
     async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
@@ -24,7 +24,7 @@ def _run(provider: FakeProvider, items: list[EmbedItem], cfg: EmbeddingConfig = 
             assert k not in got, f"{k} delivered twice"
             got[k] = row
 
-    stats = asyncio.run(embed_items(provider, items, cfg, on_batch=on_batch, **FAST, **kw))
+    stats = asyncio.run(embed_items(provider, items, cfg or EmbeddingConfig(), on_batch=on_batch, **FAST, **kw))
     return stats, got
 
 

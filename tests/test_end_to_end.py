@@ -12,8 +12,6 @@ from pipeline.errors import ModelMismatchError, StoreError
 from pipeline.store import current_snapshot
 
 
-
-
 def test_embed_search_ask_and_rerun(tiny_corpus: Path, config_for) -> None:
     config = config_for(tiny_corpus)
     report = api.embed(config)
@@ -44,8 +42,9 @@ def test_embed_search_ask_and_rerun(tiny_corpus: Path, config_for) -> None:
     assert answer.grounded and 1 in answer.cited
     assert "light" in answer.text
 
-    again = api.embed(config)  # unchanged corpus: every vector comes from the cache
-    assert again.embedded == 0 and again.cached == again.chunks == report.chunks
+    again = api.embed(config)  # unchanged corpus: rows carried over, nothing chunked or embedded
+    assert again.embedded == 0 and again.chunks == report.chunks
+    assert again.diff == {"added": 0, "changed": 0, "deleted": 0, "unchanged": 5}
     assert (config.out_dir / "run-report.json").is_file()
 
     rebuilt = api.build_index_for(config)

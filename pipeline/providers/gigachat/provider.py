@@ -1,0 +1,103 @@
+"""GigaChat embedding provider: the EmbeddingProvider the embedder and search use for GigaChat models.
+
+Applies the model's instructions and checks shapes; batching, retries and rate limits stay in pipeline.embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+
+from ...config import GigaChatSettings
+from ...records import ModelSpec
+from . import _wire
+from .auth import DEFAULT_EXPIRY_BUFFER_MS, TokenManager
+from .client import USER_AGENT, AsyncGigaChatClient, GigaChatClient
+
+__all__ = ["GigaChatEmbeddingProvider"]
+
+
+class GigaChatEmbeddingProvider:
+    """Raw (unnormalised) float32 vectors from /embeddings; one token cache for its sync and async clients."""
+
+    name = "gigachat"
+
+    def __init__(self, spec: ModelSpec, settings: GigaChatSettings, *,
+                 expiry_buffer_ms: int = DEFAULT_EXPIRY_BUFFER_MS) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._auth = TokenManager(settings, buffer_ms=expiry_buffer_ms, user_agent=USER_AGENT)
+        self._aclient: AsyncGigaChatClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+        self._client: GigaChatClient | None = None
+        self.tokens_used = 0  # cumulative prompt tokens the service reported for embedded texts
+        self.last_usage_tokens: list[int] = []  # per-text tokens of the last batch
+
+    @property
+    def dimension(self) -> int:
+        return self.spec.dimension
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.spec.max_input_tokens
+
+    @property
+    def max_batch_texts(self) -> int:
+        return self.spec.max_batch_texts
+
+    def __repr__(self) -> str:
+        return f"GigaChatEmbeddingProvider(model={self.spec.name!r}, base_url={self.settings.base_url!r})"
+
+    def _async_client(self) -> AsyncGigaChatClient:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient_loop is not loop:  # connections belong to one event loop
+            self._aclient = AsyncGigaChatClient(self.settings, token_manager=self._auth)
+            self._aclient_loop = loop
+        return self._aclient
+
+    def _sync_client(self) -> GigaChatClient:
+        if self._client is None:
+            self._client = GigaChatClient(self.settings, token_manager=self._auth)
+        return self._client
+
+    def _inputs(self, texts: Sequence[str], is_query: bool) -> list[str]:
+        prefix = self.spec.query_instruction if is_query else self.spec.passage_instruction
+        return [prefix + t for t in texts] if prefix else list(texts)
+
+    def _accept(self, result: _wire.EmbeddingsResult, n: int) -> np.ndarray:
+        if n == 0:
+            return np.zeros((0, self.spec.dimension), dtype=np.float32)
+        got = result.vectors.shape[1]
+        if got != self.spec.dimension:
+            raise _wire.bad_response("/embeddings", f"model {self.spec.name} returned {got}-dimensional vectors, "
+                                     f"the registry says {self.spec.dimension}")
+        self.last_usage_tokens = result.tokens
+        self.tokens_used += sum(result.tokens)
+        return result.vectors
+
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        """(len(texts), dimension) float32, rows in input order. Raises ProviderError subclasses."""
+        result = await self._async_client().embeddings(self._inputs(texts, is_query), self.spec.name)
+        return self._accept(result, len(texts))
+
+    def embed_sync(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        """embed_batch without an event loop, for one-off query embedding in search."""
+        return self._accept(self._sync_client().embeddings(self._inputs(texts, is_query), self.spec.name),
+                            len(texts))
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The service's own counts from /tokens/count (text only, no instruction prefix)."""
+        return await self._async_client().tokens_count(texts, self.spec.name)
+
+    async def aclose(self) -> None:
+        client, self._aclient = self._aclient, None
+        if client is not None and self._aclient_loop is asyncio.get_running_loop():
+            await client.aclose()
+        self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
