@@ -87,7 +87,9 @@ class EmbedReport:
     retries: int = 0
     split_texts: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    chunk_seconds: float = 0.0  # reading, hashing and chunking the corpus
     embed_seconds: float = 0.0
+    index_seconds: float = 0.0
     seconds: float = 0.0
     snapshot: str = ""
     diff: dict[str, int] = field(default_factory=dict)  # added / changed / deleted / unchanged documents
@@ -222,6 +224,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         for doc in diff.to_chunk:
             new_chunks.extend(chunk_document(doc, settings, counter))
             advance(1)
+        report.chunk_seconds = time.perf_counter() - started
 
         cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
         todo: dict[str, EmbedItem] = {}
@@ -249,13 +252,18 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         report.chunks = snap_rows = _row_count(snap)
         report.vectors = snap_rows
         if build and snap_rows:
+            index_started = time.perf_counter()
             report.index = asdict(_build(config, snap, progress))
+            report.index_seconds = time.perf_counter() - index_started
         _crash_point("before_publish")
         publish_snapshot(out_dir, snap, previous=previous)
         _crash_point("after_publish")
         report.snapshot = str(snap.path)
         report.seconds = time.perf_counter() - started
         write_json_atomic(asdict(report), out_dir / "run-report.json")
+        with (out_dir / "runs.jsonl").open("a", encoding="utf-8") as history:  # one line a run, for dashboards
+            history.write(json.dumps({k: v for k, v in asdict(report).items() if k not in ("warnings", "index")},
+                                     ensure_ascii=False) + "\n")
     return report
 
 
@@ -402,11 +410,34 @@ def search(config: Config, query: str, *, k: int = 5, model: str | None = None) 
     return SearchResult(query, searcher.spec.name, hits, time.perf_counter() - started)
 
 
-def ask(config: Config, question: str, *, k: int = 5, model: str | None = None) -> Answer:
-    """An answer with [n] citations: extractive from the top-k chunks (no chat model configured)."""
+def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, chat_model: str | None = None,
+        structured: bool = False, on_delta: Callable[[str], None] | None = None,
+        on_search: Callable[[str], None] | None = None) -> Answer:
+    """An answer with checked [n] citations from the top-k chunks.
+
+    With a chat model (chat_model, else [ask] chat_model; see answer.resolve_chat_model) the answer is
+    streamed to on_delta as it arrives, the model may search the index again (on_search), and
+    `structured` asks for the JSON schema instead; without one it is extractive (offline).
+    Raises ConfigError (unknown chat model, no credentials), ContentRefusedError, BadRequestError,
+    NetworkError (a stream broken midway).
+    """
     if not question.strip():
         raise ConfigError("QUESTION: empty question")
+    from .answer import chat_answer, chat_backend, resolve_chat_model
+
+    chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
     searcher = _Searcher(config, model)
     vector = searcher.embed([question], is_query=True)[0]
     hits = search_vectors(searcher.index, searcher.rows, vector, k)
-    return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False))
+    if chat_spec is None:
+        return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False))
+
+    def search_again(query: str) -> list[Hit]:
+        return search_vectors(searcher.index, searcher.rows, searcher.embed([query], is_query=True)[0], k)
+
+    backend = chat_backend(chat_spec, config)
+    try:
+        return chat_answer(question, hits, backend=backend, spec=chat_spec, settings=config.ask,
+                           search=search_again, structured=structured, on_delta=on_delta, on_search=on_search)
+    finally:
+        backend.close()
