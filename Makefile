@@ -7,10 +7,10 @@ CONFIG  ?= configs/default.toml
 Q       ?= how do I create a virtual environment
 K       ?= 5
 
-.PHONY: embed index search ask test lint bench emulator clean help
+.PHONY: embed index search ask test test-integration lint bench emulator clean help
 
 help:
-	@echo "make embed | search Q='...' | ask Q='...' | index | test | lint | bench | emulator | clean"
+	@echo "make embed | search Q='...' | ask Q='...' | index | test | test-integration | lint | bench | emulator | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,16 @@ ask: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# LiteLLM proxy in front of the emulator (the seed's model_list): heavy, so it gets its own venv and target.
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/.installed:
+	test -x $(LITELLM_VENV)/bin/python || $(PY) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.7'
+	touch $@
+
+test-integration: $(STAMP) $(LITELLM_VENV)/.installed
+	LITELLM_BIN=$(CURDIR)/$(LITELLM_VENV)/bin/litellm $(BIN)/python -m pytest -q tests/providers/test_openai_compat_litellm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
 from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
+from .filters import SearchFilter
 from .incremental import CorpusDiff, diff_corpus, merge_tables
 from .index import IndexReport, build_index, load_index
+from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
-from .records import Chunk, Hit, ModelSpec
-from .search import search_vectors
+from .records import Chunk, Document, Hit, ModelSpec
+from .search import hybrid_search, search_vectors
 from .sources import SourceReport, iter_documents
 from .store import (
     META_KEY,
@@ -43,16 +46,19 @@ from .store import (
     write_json_atomic,
     write_table_atomic,
 )
-from .tokens import token_counter_for
+from .tokens import TokenCounter, token_counter_for
 
 __all__ = [
+    "EmbedPlan",
     "EmbedReport",
     "SearchResult",
     "ask",
     "build_index_for",
     "chunk_corpus",
     "embed",
+    "evaluate",
     "list_models",
+    "plan",
     "search",
 ]
 
@@ -87,6 +93,7 @@ class EmbedReport:
     retries: int = 0
     split_texts: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # what the embedder ended on: texts/request, in flight, req/s
     chunk_seconds: float = 0.0  # reading, hashing and chunking the corpus
     embed_seconds: float = 0.0
     index_seconds: float = 0.0
@@ -160,9 +167,23 @@ def chunk_corpus(
     settings = ChunkSettings.for_model(spec, config.chunking)
     counter = token_counter_for(spec)
     advance = progress("chunk", None)
-    for doc in iter_documents(corpus, report):
-        yield from chunk_document(doc, settings, counter)
-        advance(1)
+    with _image_describer(config) as describe:
+        for doc in iter_documents(corpus, report, describe):
+            yield from chunk_document(doc, settings, counter)
+            advance(1)
+
+
+@contextlib.contextmanager
+def _image_describer(config: Config) -> Iterator[Callable[[Path, str], str] | None]:
+    """The [images] vision_model's describer for the corpus images, closed afterwards; None: images are skipped."""
+    from .images import image_describer
+
+    describer = image_describer(config)
+    try:
+        yield describer
+    finally:
+        if describer is not None:
+            describer.close()
 
 
 def _sibling_out_dir(out_dir: Path, fp: dict[str, Any]) -> Path:
@@ -215,29 +236,33 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
                 f"({fingerprint_id(fp)}). Use --new-index to build beside it, or --out another directory")
 
         sources = SourceReport()
-        diff = diff_corpus(iter_documents(config.corpus, sources), prev_manifest["documents"] if prev_manifest else None)
+        with _image_describer(config) as describe:
+            diff = diff_corpus(iter_documents(config.corpus, sources, describe),
+                               prev_manifest["documents"] if prev_manifest else None)
         report.files, report.documents = sources.files, sources.documents
         report.skipped, report.warnings = dict(sources.skipped), sources.warnings
         report.diff = diff.counts()
-        advance = progress("chunk", len(diff.to_chunk))
-        new_chunks: list[Chunk] = []
-        for doc in diff.to_chunk:
-            new_chunks.extend(chunk_document(doc, settings, counter))
-            advance(1)
-        report.chunk_seconds = time.perf_counter() - started
-
         cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
+        new_chunks: list[Chunk] = []
         todo: dict[str, EmbedItem] = {}
-        for c in new_chunks:
-            if c.content_hash not in cache and c.content_hash not in todo:
-                todo[c.content_hash] = EmbedItem(c.content_hash, c.text, c.token_count)
-        report.cached = sum(1 for c in new_chunks if c.content_hash in cache)
+
+        def chunked() -> None:
+            report.chunk_seconds = time.perf_counter() - started
+
+        # Chunking feeds the embedder as it goes (the embedder drains it in a thread), so the first
+        # requests leave with the first chunks instead of after the whole corpus is chunked.
+        missing = _missing_items(diff.to_chunk, settings, counter, cache, new_chunks, todo,
+                                 progress("chunk", len(diff.to_chunk)), chunked)
+        first = next(missing, None)
         stats = EmbedStats()
-        if todo:
-            stats = asyncio.run(_embed_missing(config, spec, list(todo.values()), cache, progress))
+        if first is not None:
+            stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache, progress))
+        report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
         report.embedded = stats.texts
         report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
         report.errors = dict(stats.errors)
+        report.limits = {"texts_per_request": stats.batch_texts, "in_flight": stats.concurrency,
+                         "requests_per_s": round(stats.requests_per_s, 2)} if stats.requests else {}
         report.embed_seconds = stats.seconds
         report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
 
@@ -267,17 +292,65 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
     return report
 
 
+def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
+    """What `embed` would send, and how long it should take, without calling the provider.
+
+    Reads the corpus, the live snapshot and the vector cache; takes no lock and writes nothing.
+    latency_ms is the expected time of one request (None: a documented guess, noted in the plan).
+    """
+    if config.corpus is None:
+        raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
+    spec = config.model_spec()
+    settings = ChunkSettings.for_model(spec, config.chunking)
+    counter = token_counter_for(spec)
+    fp = _fingerprint(spec, config, settings, counter.name)
+    result = EmbedPlan(corpus=str(config.corpus), model=spec.name)
+    live = current_snapshot(config.out_dir) if config.out_dir.exists() else None
+    manifest = live.manifest() if live else None
+    if manifest and manifest.get("fingerprint_id") != fingerprint_id(fp):
+        result.notes.append(f"{config.out_dir} holds an index of other settings: embed refuses it without "
+                            "--new-index; planned as a fresh build")
+        manifest = None
+    sources = SourceReport()
+    diff = diff_corpus(iter_documents(config.corpus, sources), manifest["documents"] if manifest else None)
+    if sources.skipped:
+        result.notes.append(f"skipped files (not planned): {dict(sources.skipped)}")
+    cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
+    chunks: list[Chunk] = []
+    todo: dict[str, EmbedItem] = {}
+    for _ in _missing_items(diff.to_chunk, settings, counter, cache, chunks, todo, lambda n: None, lambda: None):
+        pass
+    result.documents, result.documents_to_chunk = sources.documents, len(diff.to_chunk)
+    result.chunks = len(chunks)
+    result.cache_hits = sum(1 for c in chunks if c.content_hash not in todo)
+    return make_plan(result, list(todo.values()), spec, config.embedding, latency_ms)
+
+
 def _row_count(snap: Snapshot) -> int:
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(snap.vectors_path).metadata.num_rows)
 
 
-async def _embed_missing(config: Config, spec: ModelSpec, items: list[EmbedItem], cache: VectorCache,
+def _missing_items(docs: list[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
+                   chunks: list[Chunk], todo: dict[str, EmbedItem], advance: Callable[[int], None],
+                   done: Callable[[], None]) -> Iterator[EmbedItem]:
+    """Chunk `docs` into `chunks`; yield (and note in `todo`) each content hash neither cached nor yielded."""
+    for doc in docs:
+        for c in chunk_document(doc, settings, counter):
+            chunks.append(c)
+            if c.content_hash not in cache and c.content_hash not in todo:
+                todo[c.content_hash] = item = EmbedItem(c.content_hash, c.text, c.token_count)
+                yield item
+        advance(1)
+    done()
+
+
+async def _embed_missing(config: Config, spec: ModelSpec, items: Iterable[EmbedItem], cache: VectorCache,
                          progress: Progress) -> EmbedStats:
     provider: EmbeddingProvider = embedding_provider(spec, config)
     counter = token_counter_for(spec)
-    advance = progress("embed", len(items))
+    advance = progress("embed", len(items) if isinstance(items, Sized) else None)
 
     async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
         await asyncio.to_thread(cache.put, keys, matrix)
@@ -398,22 +471,50 @@ class _Searcher:
         matrix = np.array(asyncio.run(run()), dtype=np.float32)
         return normalize_rows(matrix) if self.spec.normalize else matrix
 
+    def hits(self, query: str, vector: np.ndarray, k: int, filters: SearchFilter | None = None,
+             hybrid: bool = False) -> list[Hit]:
+        """Top-k hits within the filters: dense, or dense + BM25 fused by reciprocal rank (hybrid)."""
+        from .hybrid import load_bm25
 
-def search(config: Config, query: str, *, k: int = 5, model: str | None = None) -> SearchResult:
-    """Top-k chunks for a query. Raises ModelMismatchError if `model` differs from the index's."""
+        allowed = filters.mask(self.rows) if filters else None
+        if hybrid:
+            return hybrid_search(self.index, self.rows, load_bm25(self.snap.index_dir), vector, query, k,
+                                 allowed=allowed)
+        return search_vectors(self.index, self.rows, vector, k, allowed=allowed)
+
+
+def search(config: Config, query: str, *, k: int = 5, model: str | None = None,
+           filters: SearchFilter | None = None, hybrid: bool = False) -> SearchResult:
+    """Top-k chunks for a query, within `filters`; `hybrid` fuses BM25 with the dense hits.
+
+    Raises ModelMismatchError if `model` differs from the index's.
+    """
     if not query.strip():
         raise ConfigError("QUERY: empty query")
     started = time.perf_counter()
     searcher = _Searcher(config, model)
     vector = searcher.embed([query], is_query=True)[0]
-    hits = search_vectors(searcher.index, searcher.rows, vector, k)
+    hits = searcher.hits(query, vector, k, filters, hybrid)
     return SearchResult(query, searcher.spec.name, hits, time.perf_counter() - started)
+
+
+def evaluate(config: Config, dataset: Path, *, work_dir: Path | None = None, k: int = 10,
+             progress: Progress = _no_progress) -> Any:
+    """Retrieval quality on a BEIR dataset (EvalReport): exact, the chosen index, BM25 and hybrid.
+
+    The corpus goes through the normal pipeline into work_dir (default OUT/eval/<dataset>/<model>).
+    """
+    from .evaluate import evaluate as run_eval
+
+    work = work_dir or config.out_dir / "eval" / dataset.stem / config.model
+    return run_eval(config, dataset, work, k=k, progress=progress)
 
 
 def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, chat_model: str | None = None,
         structured: bool = False, on_delta: Callable[[str], None] | None = None,
-        on_search: Callable[[str], None] | None = None) -> Answer:
-    """An answer with checked [n] citations from the top-k chunks.
+        on_search: Callable[[str], None] | None = None, filters: SearchFilter | None = None,
+        hybrid: bool = False) -> Answer:
+    """An answer with checked [n] citations from the top-k chunks (within `filters`; `hybrid`: with BM25).
 
     With a chat model (chat_model, else [ask] chat_model; see answer.resolve_chat_model) the answer is
     streamed to on_delta as it arrives, the model may search the index again (on_search), and
@@ -428,12 +529,12 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
     searcher = _Searcher(config, model)
     vector = searcher.embed([question], is_query=True)[0]
-    hits = search_vectors(searcher.index, searcher.rows, vector, k)
+    hits = searcher.hits(question, vector, k, filters, hybrid)
     if chat_spec is None:
         return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False))
 
     def search_again(query: str) -> list[Hit]:
-        return search_vectors(searcher.index, searcher.rows, searcher.embed([query], is_query=True)[0], k)
+        return searcher.hits(query, searcher.embed([query], is_query=True)[0], k, filters, hybrid)
 
     backend = chat_backend(chat_spec, config)
     try:

@@ -1,6 +1,7 @@
 """Ask: from retrieved Hits to an Answer whose [n] citations point at the sources it was given.
 
-The offline path is extractive (the sentences closest to the question); chat models plug in later.
+The records (Answer, Source, Citation), the citation check, and the offline extractive answer; the chat
+path (prompt, function calls, streaming) is pipeline.answer, which fills the same Answer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 
 from .records import Hit
 
-__all__ = ["Answer", "Source", "check_citations", "extractive_answer", "split_sentences"]
+__all__ = ["Answer", "Citation", "Source", "check_citations", "extractive_answer", "finish_answer", "sources_of",
+           "split_sentences"]
 
 # A sentence ends at . ! ? … (optionally closed by quotes or brackets) followed by whitespace, or at a
 # blank line; headings and list items end at their line break.
@@ -32,6 +34,17 @@ class Source:
     score: float
 
 
+@dataclass(frozen=True)
+class Citation:
+    """A cited source as --json reports it: its number, chunk id and character range in the document."""
+
+    n: int
+    chunk_id: str
+    source_path: str
+    char_start: int
+    char_end: int
+
+
 @dataclass
 class Answer:
     question: str
@@ -40,7 +53,14 @@ class Answer:
     cited: list[int] = field(default_factory=list)
     unknown_citations: list[int] = field(default_factory=list)
     grounded: bool = True  # False when the answer cites nothing it was given
-    mode: str = "extractive"
+    mode: str = "extractive"  # "extractive", "chat" (streamed text) or "structured" (JSON schema)
+    citations: list[Citation] = field(default_factory=list)
+    model: str = ""  # the chat model, for mode chat/structured
+    finish_reason: str = ""
+    truncated: bool = False  # cut at max_tokens (finish_reason length)
+    searches: list[str] = field(default_factory=list)  # queries of the model's search_corpus calls
+    warnings: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -64,6 +84,22 @@ def check_citations(text: str, n_sources: int) -> tuple[list[int], list[int]]:
     """The [n] cited in text that exist among 1..n_sources, and those that do not."""
     cited = sorted({int(m) for m in _CITATION.findall(text)})
     return [c for c in cited if 1 <= c <= n_sources], [c for c in cited if not 1 <= c <= n_sources]
+
+
+def finish_answer(answer: Answer, extra_cited: Sequence[int] = ()) -> Answer:
+    """Check the [n] of answer.text (plus extra_cited, e.g. a JSON citations list) against its sources.
+
+    Fills cited, unknown_citations, citations and grounded; an answer citing nothing it was given is flagged.
+    """
+    cited, unknown = check_citations(answer.text, len(answer.sources))
+    by_n = {s.n: s for s in answer.sources}
+    extra = {int(n) for n in extra_cited}
+    answer.cited = sorted(set(cited) | {n for n in extra if n in by_n})
+    answer.unknown_citations = sorted(set(unknown) | {n for n in extra if n not in by_n})
+    answer.citations = [Citation(n, by_n[n].chunk_id, by_n[n].source_path, by_n[n].char_start, by_n[n].char_end)
+                        for n in answer.cited]
+    answer.grounded = bool(answer.cited)
+    return answer
 
 
 def sources_of(hits: Sequence[Hit]) -> list[Source]:
@@ -99,6 +135,4 @@ def extractive_answer(
     scores = vectors @ np.asarray(query_vector, dtype=np.float32).reshape(-1) + rank_bonus
     best = sorted(np.argsort(-scores)[:max_sentences].tolist())
     parts = [f"{candidates[i][1]} [{candidates[i][0]}]" for i in best]
-    text = " ".join(parts)
-    cited, unknown = check_citations(text, len(sources))
-    return Answer(question, text, sources, cited=cited, unknown_citations=unknown, grounded=bool(cited))
+    return finish_answer(Answer(question, " ".join(parts), sources))

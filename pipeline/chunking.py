@@ -2,10 +2,11 @@
 
 Pure and sync; knows nothing of providers, Parquet or FAISS. Counting comes from pipeline.tokens.
 
-How a chunk is placed: the counter's fitter says how far the chunk may reach within the target; the cut
-goes at the best boundary in the back half of that reach (heading or blank line, then line, then sentence),
-else at the last word start, else inside the word; then the exact counter checks the chunk against
-max_tokens, and the plan shrinks until it passes. So the limit holds whatever the fitter estimated.
+How a chunk is placed: a fitter estimates how far it may reach within the target (learning the text's
+characters per token from the counts made so far); the cut goes at the best boundary in the back half of
+that reach (blank line or heading, then line, then sentence), else at the last word start, else inside the
+word; then the counter checks the whole chunk, overlap included, against max_tokens, and the plan shrinks
+until it passes. So the limit holds whatever the estimate was; pieces' counts are never summed.
 """
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="If --out holds an index of another model or chunker, build a separate one beside it "
                           "(OUT.<model>-<fingerprint>) instead of refusing."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
+        click.option("--plan", "plan_only", is_flag=True,
+                     help="Print chunks, tokens, requests, cache hits and the expected time; send nothing."),
+        click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True),
+                     help="With --plan: expected time of one request (default: a guess, printed)."),
         click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr."),
         json_option,
     ]):
@@ -83,12 +87,17 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
-               no_index: bool, new_index: bool, batch_size: int | None, progress: bool, as_json: bool) -> None:
+               no_index: bool, new_index: bool, batch_size: int | None, plan_only: bool, latency_ms: float | None,
+               progress: bool, as_json: bool) -> None:
     from dataclasses import replace
 
     config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir)
     if batch_size:
         config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
+    if plan_only:
+        plan = api.plan(config, latency_ms=latency_ms)
+        _print_json(asdict(plan)) if as_json else click.echo(plan.summary())
+        return
     report = api.embed(config, build=not no_index, new_index=new_index,
                        progress=_progress_bars(progress and not as_json))
     if as_json:
@@ -133,8 +142,9 @@ def reindex(**options: Any) -> None:
 @cli.command()
 @config_option
 @out_option
-@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]),
-              help="Index family; auto picks from the vector count and the memory budget.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"]),
+              help="Index family; auto picks from the vector count and the memory budget "
+                   "(flat: exact; hnsw: graph; ivf: inverted lists; ivfsq: with 8-bit codes; ivfpq: PQ codes).")
 @click.option("--memory-budget", help="Memory the index may use, e.g. 512MiB, 4GiB.")
 @json_option
 def index(config_path: Path | None, out_dir: Path | None, index_type: str | None, memory_budget: str | None,
@@ -153,14 +163,36 @@ def index(config_path: Path | None, out_dir: Path | None, index_type: str | None
     if as_json:
         _print_json(asdict(report))
     else:
-        click.echo(f"{report.factory}: {report.vectors} vectors x {report.dimension}, recall@10 "
-                   f"{report.recall_at_10:.3f} {report.search_param or ''}, p50 {report.latency_p50_ms:.2f} ms, "
-                   f"{report.file_bytes / 2**20:.1f} MiB, {report.build_seconds:.1f} s")
+        click.echo(f"{report.factory} ({report.kind}): {report.reason}")
+        click.echo(f"{report.vectors} vectors x {report.dimension}, recall@10 {report.recall_at_10:.3f} "
+                   f"(target {report.target_recall}) at {report.search_param or 'exact search'}, "
+                   f"p50 {report.latency_p50_ms:.2f} ms, p95 {report.latency_p95_ms:.2f} ms, "
+                   f"index {report.index_bytes / 2**20:.1f} MiB of {report.memory_budget_bytes / 2**20:.0f} MiB "
+                   f"budget, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB, {report.build_seconds:.1f} s")
 
 
 def _snippet(text: str, width: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--path, --type, --filter and --hybrid, shared by search and ask; they arrive as one `filters` + `hybrid`."""
+    import functools
+
+    from .filters import SearchFilter
+
+    @click.option("--path", "path_glob", metavar="GLOB", help="Only sources whose path matches, e.g. 'en/*', '*.md'.")
+    @click.option("--type", "doc_type", metavar="TYPE", help="Only documents of this type: txt, md, html, jsonl.")
+    @click.option("--filter", "fields", metavar="KEY=VALUE", multiple=True,
+                  help="Only .jsonl records whose metadata KEY matches VALUE (a glob; a.b for nested keys). Repeatable.")
+    @click.option("--hybrid", is_flag=True, help="Fuse BM25 keyword hits with the semantic ones (reciprocal rank).")
+    @functools.wraps(f)
+    def wrapper(path_glob: str | None, doc_type: str | None, fields: tuple[str, ...], **kwargs: Any) -> Any:
+        filters = SearchFilter.parse(path=path_glob, doc_type=doc_type, fields=fields)
+        return f(filters=filters or None, **kwargs)
+
+    return wrapper
 
 
 @cli.command()
@@ -169,12 +201,19 @@ def _snippet(text: str, width: int = 160) -> str:
 @config_option
 @model_option
 @out_option
+@_search_options
 @json_option
 def search(query: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
-           as_json: bool) -> None:
-    """Semantic search: the K chunks closest to QUERY, with score, source and a snippet."""
+           as_json: bool, filters: Any = None, hybrid: bool = False) -> None:
+    """Semantic search: the K chunks closest to QUERY, with score, source and a snippet.
+
+    \b
+    Filters and hybrid search:
+      pipeline search "sourdough" --path 'ru/*' --type md
+      pipeline search "espresso" --filter topic=coffee --hybrid
+    """
     config = _config(config_path, out_dir=out_dir)
-    result = api.search(config, query, k=k, model=model)
+    result = api.search(config, query, k=k, model=model, filters=filters, hybrid=hybrid)
     if as_json:
         _print_json(asdict(result))
         return
@@ -192,22 +231,89 @@ def search(query: str, k: int, config_path: Path | None, model: str | None, out_
 @config_option
 @model_option
 @out_option
+@click.option("--chat-model", help="Chat model that writes the answer (GigaChat-2-Lite, GigaChat-2-Pro, GigaChat-2-Max, "
+              "or an openai-provider model of `pipeline models`); 'none': the offline extractive answer. "
+              "Default: [ask] chat_model ('auto': GigaChat-2-Lite when GigaChat credentials are set).")
+@_search_options
 @json_option
 def ask(question: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
-        as_json: bool) -> None:
-    """Answer QUESTION from the indexed corpus, citing sources as [n]."""
+        chat_model: str | None, as_json: bool, filters: Any = None, hybrid: bool = False) -> None:
+    """Answer QUESTION from the indexed corpus, citing sources as [n].
+
+    A chat model's answer is streamed as it arrives, then checked: every [n] must be a source it was
+    given. With --json it answers in a JSON schema (answer, citations with chunk ids and offsets).
+    """
     config = _config(config_path, out_dir=out_dir)
-    answer = api.ask(config, question, k=k, model=model)
+    shown: list[str] = []
+
+    def on_delta(text: str) -> None:
+        shown.append(text)
+        click.echo(text, nl=False)
+
+    def on_search(query: str) -> None:
+        click.echo(f"[searching the corpus: {query}]", err=True)
+
+    try:
+        answer = api.ask(config, question, k=k, model=model, chat_model=chat_model, structured=as_json,
+                         on_delta=None if as_json else on_delta, on_search=None if as_json else on_search,
+                         filters=filters, hybrid=hybrid)
+    except PipelineError:
+        if shown:  # end the incomplete answer's line before main() prints the error
+            click.echo()
+        raise
     if as_json:
         _print_json(asdict(answer))
         return
-    click.echo(answer.text)
-    if not answer.grounded:
+    click.echo("" if shown else answer.text)
+    for warning in answer.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not answer.grounded and not answer.warnings:
         click.echo("warning: the answer cites none of the retrieved sources", err=True)
     click.echo("\nSources:")
     for s in answer.sources:
         mark = "*" if s.n in answer.cited else " "
         click.echo(f"{mark}[{s.n}] {s.source_path} chars {s.char_start}-{s.char_end} (score {s.score:.3f})")
+
+
+@cli.command("eval")
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@config_option
+@model_option
+@out_option
+@click.option("--work", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the dataset's corpus is embedded and indexed. Default: OUT/eval/<dataset>/<model>.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"]),
+              help="Index to evaluate against exact search (default: the config's, usually auto).")
+@click.option("--memory-budget", help="Memory the index may use, e.g. 512MiB, 4GiB.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Cut-off for the metrics.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")
+@json_option
+def eval_command(dataset: Path, config_path: Path | None, model: str | None, out_dir: Path | None,
+                 work_dir: Path | None, index_type: str | None, memory_budget: str | None, k: int, progress: bool,
+                 as_json: bool) -> None:
+    """Retrieval quality on DATASET (BEIR layout: queries, corpus, qrels; one .json file or a folder).
+
+    The corpus goes through the normal pipeline (chunk, embed, index); chunk hits count for their
+    documents. Reports recall@1, recall@K, MRR@K and nDCG@K for exact search, the chosen index, BM25
+    and hybrid (index + BM25), and the index's recall@10 against exact search on the dataset's queries.
+    """
+    from dataclasses import replace
+
+    config = _config(config_path, model=model, out_dir=out_dir)
+    changes: dict[str, Any] = {}
+    if index_type:
+        changes["index_type"] = index_type
+    if memory_budget:
+        changes["memory_budget_bytes"] = parse_size(memory_budget, what="--memory-budget")
+    config = config.with_overrides(index=replace(config.index, **changes))
+    report = api.evaluate(config, dataset, work_dir=work_dir, k=k, progress=_progress_bars(progress and not as_json))
+    if as_json:
+        _print_json(asdict(report))
+        return
+    click.echo(f"{report.dataset}: {report.queries} queries, {report.documents} documents, {report.chunks} chunks, "
+               f"model {report.model}, {report.seconds:.0f} s")
+    click.echo(report.table())
+    click.echo(f"index recall@10 against exact search on these queries: {report.ann_recall_at_10:.3f}")
 
 
 @cli.command()

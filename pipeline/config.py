@@ -22,7 +22,9 @@ __all__ = [
     "Config",
     "EmbeddingConfig",
     "GigaChatSettings",
+    "ImagesConfig",
     "IndexConfig",
+    "OpenAISettings",
     "Secret",
     "find_registry",
     "load_config",
@@ -111,8 +113,28 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class AskConfig:
-    chat_model: str = ""
+    # "auto": GigaChat-2-Lite when GigaChat credentials are set, else the extractive answer;
+    # "": always extractive; otherwise a chat model of the registry (env PIPELINE_CHAT_MODEL).
+    chat_model: str = "auto"
     k: int = 5
+    max_rounds: int = 2  # search_corpus calls the chat model may make per question
+    max_tokens: int = 1024  # the answer's length limit, reserved out of the model's context
+    temperature: float | None = None  # None: the service's default; GigaChat refuses 0 (422)
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    vision_model: str = ""  # a chat model with vision = true describes .png/.jpg; "": images are skipped
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """An OpenAI-compatible server (LiteLLM proxy, vLLM, Ollama) for models with provider = "openai"."""
+
+    base_url: str = ""  # env PIPELINE_OPENAI_BASE_URL, else OPENAI_BASE_URL
+    api_key: Secret | None = None  # env PIPELINE_OPENAI_API_KEY, else OPENAI_API_KEY
+    timeout_s: float = 60.0
+    ca_bundle_file: str = ""  # trust only this CA for an https base_url (certifi otherwise)
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,8 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     ask: AskConfig = field(default_factory=AskConfig)
     gigachat: GigaChatSettings = field(default_factory=GigaChatSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     source: str = "<defaults>"
 
     def model_spec(self, name: str | None = None) -> ModelSpec:
@@ -277,6 +301,22 @@ def _gigachat_settings(section: dict[str, Any], env: Mapping[str, str], path: Pa
     )
 
 
+def _openai_settings(section: dict[str, Any], env: Mapping[str, str]) -> OpenAISettings:
+    """[openai] with PIPELINE_OPENAI_* and then the openai SDK's OPENAI_* variables on top."""
+
+    def pick(key: str) -> str:
+        name = key.upper()
+        return env.get(f"PIPELINE_OPENAI_{name}") or env.get(f"OPENAI_{name}") or str(section.get(key) or "")
+
+    key = pick("api_key")
+    return OpenAISettings(
+        base_url=pick("base_url").rstrip("/"),
+        api_key=Secret(key) if key else None,
+        timeout_s=float(section.get("timeout_s", OpenAISettings.timeout_s)),
+        ca_bundle_file=str(section.get("ca_bundle_file") or ""),
+    )
+
+
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
     if env.get("PIPELINE_CACHE_DIR"):
         return Path(env["PIPELINE_CACHE_DIR"])
@@ -302,7 +342,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
     top_allowed = {"corpus", "model", "out_dir", "cache_dir", "registry", "chunking", "embedding",
-                   "index", "ask", "gigachat"}
+                   "index", "ask", "gigachat", "openai", "images"}
     unknown = set(data) - top_allowed
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown keys {sorted(unknown)}")
@@ -329,8 +369,16 @@ def load_config(
                                                           what=f"{cfg_path}: [index] memory_budget")
         index = IndexConfig(**index_raw)
         ask = AskConfig(**_section(data, "ask", cfg_path, AskConfig))
+        images = ImagesConfig(**_section(data, "images", cfg_path, ImagesConfig))
+        openai = _openai_settings(_section(data, "openai", cfg_path, OpenAISettings), env)
     except TypeError as e:
         raise ConfigError(f"{cfg_path}: {e}") from None
+    if env.get("PIPELINE_CHAT_MODEL") is not None:
+        ask = replace(ask, chat_model=env["PIPELINE_CHAT_MODEL"])
+    if env.get("PIPELINE_VISION_MODEL") is not None:
+        images = replace(images, vision_model=env["PIPELINE_VISION_MODEL"])
+    if ask.max_rounds < 0 or ask.max_tokens < 1:
+        raise ConfigError(f"{cfg_path}: [ask] max_rounds must not be negative, max_tokens must be positive")
     if chunking.overlap_tokens < 0 or chunking.target_tokens < 0:
         raise ConfigError(f"{cfg_path}: [chunking] sizes must not be negative")
     if embedding.concurrency < 1 or embedding.max_attempts < 1:
@@ -350,5 +398,7 @@ def load_config(
         index=index,
         ask=ask,
         gigachat=gigachat,
+        openai=openai,
+        images=images,
         source=str(cfg_path),
     )

@@ -1,31 +1,28 @@
 """Embedding: the async scheduler that turns texts into vectors through a provider, losing none.
 
-Batches by texts and tokens, bounds in-flight requests (adaptive on 429), applies client-side
-request/token rate limits, retries what is retryable, splits what is too long. Knows no Parquet.
+Cuts batches by texts and tokens, keeps to the server's limits (ratelimit.py learns them), retries
+what is retryable and records what is not. Vectors are matched to items by key. Knows no Parquet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import threading
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from aiolimiter import AsyncLimiter
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from .config import EmbeddingConfig
-from .errors import BadResponseError, ProviderError, RateLimitError, RequestTooLargeError
+from .errors import AuthError, BadResponseError, ProviderError, RateLimitError, RequestTooLargeError
 from .providers.base import EmbeddingProvider
+from .ratelimit import BatchSizer, RequestPacer
 from .records import ModelSpec
 
 __all__ = ["AdaptiveConcurrency", "EmbedItem", "EmbedStats", "embed_items", "plan_batches"]
@@ -34,6 +31,11 @@ log = logging.getLogger("pipeline.embedding")
 
 Splitter = Callable[[str], list[tuple[int, int]]]
 OnBatch = Callable[[list[str], np.ndarray], Awaitable[None]]
+
+RATE_LIMIT_ATTEMPTS_FACTOR = 5  # a batch may meet 5x max_attempts 429s: they cost the server nothing
+ABORT_AFTER_FAILED_BATCHES = 5  # this many batches failing in a row, none succeeding: stop spending
+FEED_CHUNK = 64  # items handed from the producer thread to the event loop at a time
+SPARE_WORKERS = 2.0  # workers per in-flight slot: one waits out a backoff while another sends
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,13 @@ class EmbedStats:
     retries: int = 0
     tokens: int = 0
     split_texts: int = 0
+    rate_limited: int = 0  # 429s met
     errors: Counter[str] = field(default_factory=Counter)
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason, after all attempts
+    aborted: str = ""  # why the run stopped sending early, if it did
+    batch_texts: int = 0  # texts per request at the end (after any 413s taught a smaller size)
+    concurrency: int = 0  # in-flight limit at the end
+    requests_per_s: float = 0.0  # pace at the end; 0 when never paced
     seconds: float = 0.0
 
     @property
@@ -59,7 +66,7 @@ class EmbedStats:
         return self.texts / self.seconds if self.seconds > 0 else 0.0
 
 
-def plan_batches(items: Sequence[EmbedItem], max_texts: int, max_tokens: int = 0) -> list[list[EmbedItem]]:
+def plan_batches(items: Iterable[EmbedItem], max_texts: int, max_tokens: int = 0) -> list[list[EmbedItem]]:
     """Consecutive batches of at most max_texts items and (if set) max_tokens summed tokens."""
     batches: list[list[EmbedItem]] = []
     current: list[EmbedItem] = []
@@ -76,9 +83,14 @@ def plan_batches(items: Sequence[EmbedItem], max_texts: int, max_tokens: int = 0
 
 
 class AdaptiveConcurrency:
-    """A semaphore whose size halves on a 429 and grows by one after a run of clean responses."""
+    """A semaphore whose limit drops by one per concurrency 429 and grows by one after clean responses.
 
-    def __init__(self, limit: int, *, grow_after: int = 20) -> None:
+    Additive both ways: a refusal says the server had one request too many, so it costs one slot, not
+    half of them (halving at 8 in flight would throw away 40 % of the throughput for one stray 429);
+    a server allowing 1 where we sent 8 answers 7 refusals and the limit falls to 1 as quickly.
+    """
+
+    def __init__(self, limit: int, *, grow_after: int = 8) -> None:
         self.max_limit = limit
         self.limit = limit
         self.in_flight = 0
@@ -99,7 +111,7 @@ class AdaptiveConcurrency:
 
     def throttled(self) -> None:
         self._clean = 0
-        self.limit = max(1, self.limit // 2)
+        self.limit = max(1, self.limit - 1)
 
     def succeeded(self) -> None:
         self._clean += 1
@@ -112,19 +124,284 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and exc.retryable
 
 
-def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimitError) and exc.retry_after:
-            return float(exc.retry_after)
-        return base(state)
+class _Run:
+    """One embed_items call: the queue of items, the limits, the workers' shared state and the stats."""
 
-    return wait
+    def __init__(self, provider: EmbeddingProvider, cfg: EmbeddingConfig, on_batch: OnBatch,
+                 progress: Callable[[int], None] | None, splitter: Splitter | None,
+                 backoff_initial_s: float, backoff_max_s: float) -> None:
+        spec: ModelSpec = provider.spec
+        self.provider, self.spec, self.cfg = provider, spec, cfg
+        self.on_batch, self.progress, self.splitter = on_batch, progress, splitter
+        self.stats = EmbedStats()
+        self.sizer = BatchSizer(cfg.batch_size or spec.max_batch_texts)
+        self.max_tokens = spec.max_batch_tokens
+        # A local model is CPU-bound and threads itself: parallel batches would only queue on its lock.
+        limit = min(cfg.concurrency, spec.max_concurrency) if spec.max_concurrency else cfg.concurrency
+        self.concurrency = AdaptiveConcurrency(limit)
+        self.workers = max(2, math.ceil(limit * SPARE_WORKERS))
+        self.pacer = RequestPacer(cfg.requests_per_minute / 60)
+        self.tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
+        self.backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
+                                               jitter=backoff_initial_s)
+        self.pending: deque[EmbedItem] = deque()
+        self.pending_tokens = 0
+        self.feeding = True
+        self.busy = 0  # batches taken from the queue and not yet finished
+        self.failed_in_a_row = 0
+        self._probing = False  # a request is testing a batch size a 413 taught
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # -- the queue
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def add(self, items: Iterable[EmbedItem]) -> None:
+        """Queue items (on the loop thread); after an abort they are recorded as failed at once."""
+        for item in items:
+            if self.stats.aborted:
+                self.stats.failed[item.key] = self.stats.aborted
+            else:
+                self.pending.append(item)
+                self.pending_tokens += item.tokens
+        self._wake()
+
+    def _push_back(self, batch: list[EmbedItem]) -> None:
+        for item in reversed(batch):
+            self.pending.appendleft(item)
+            self.pending_tokens += item.tokens
+
+    def _cut(self, limit: int) -> list[EmbedItem]:
+        batch: list[EmbedItem] = []
+        tokens = 0
+        while self.pending and len(batch) < limit:
+            item = self.pending[0]
+            if batch and self.max_tokens and tokens + item.tokens > self.max_tokens:
+                break
+            batch.append(self.pending.popleft())
+            tokens += item.tokens
+        self.pending_tokens -= tokens
+        return batch
+
+    async def next_batch(self) -> list[EmbedItem] | None:
+        """A full batch (or the last, short one once the feed has ended); None when nothing is left."""
+        while True:
+            if self.stats.aborted:
+                return None
+            limit = self.sizer.limit
+            full = len(self.pending) >= limit or bool(self.max_tokens and self.pending_tokens >= self.max_tokens)
+            if self.pending and (full or not self.feeding):
+                self.busy += 1
+                return self._cut(limit)
+            if not self.feeding and not self.pending and not self.busy:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    async def feed(self, items: Iterable[EmbedItem]) -> None:
+        """Move items into the queue; a lazy iterable is drained in a thread, so producing overlaps sending."""
+        try:
+            if isinstance(items, Sequence):
+                self.add(items)
+                return
+            loop = asyncio.get_running_loop()
+            stop = threading.Event()
+
+            def pump() -> None:
+                chunk: list[EmbedItem] = []
+                for item in items:
+                    if stop.is_set():
+                        return
+                    chunk.append(item)
+                    if len(chunk) >= FEED_CHUNK:
+                        loop.call_soon_threadsafe(self.add, chunk)
+                        chunk = []
+                loop.call_soon_threadsafe(self.add, chunk)
+
+            try:
+                await asyncio.to_thread(pump)
+            finally:
+                stop.set()  # if the run is cancelled, the producer stops at its next item
+        finally:
+            self.feeding = False
+            self._wake()
+            log.debug("feed done: %d queued, %d embedded", len(self.pending), self.stats.texts)
+
+    async def report(self, every_s: float = 2.0) -> None:
+        """Log the scheduler's state now and then (at -vv): where a slow run loses its time."""
+        while True:
+            await asyncio.sleep(every_s)
+            s = self.stats
+            log.debug("%d texts, %d requests, %d 429s, %d queued, %d in flight of %d, %.1f req/s pace, "
+                      "%d texts per request", s.texts, s.requests, s.rate_limited, len(self.pending),
+                      self.concurrency.in_flight, self.concurrency.limit, self.pacer.rate, self.sizer.limit)
+
+    # -- one batch
+
+    async def work(self) -> None:
+        while (batch := await self.next_batch()) is not None:
+            try:
+                await self._process(batch)
+            finally:
+                self.busy -= 1
+                self._wake()
+
+    async def _process(self, batch: list[EmbedItem]) -> None:
+        try:
+            try:
+                matrix = await self._request(batch)  # may trim `batch` to a size learned meanwhile
+            except RequestTooLargeError:
+                if len(batch) > 1:  # too many texts (or tokens) per request: recut these at the learned size
+                    self._push_back(batch)
+                    return
+                self.sizer.reset()  # a single text refused: the earlier 413s may have been this text
+                matrix = (await self._embed_long_text(batch[0].text))[None, :]
+        except ProviderError as e:
+            self._fail(batch, e)
+            return
+        self.failed_in_a_row = 0
+        await self.on_batch([item.key for item in batch], matrix)
+        self.stats.texts += len(batch)
+        self.stats.tokens += sum(item.tokens for item in batch)
+        if self.progress:
+            self.progress(len(batch))
+
+    def _fail(self, batch: list[EmbedItem], error: ProviderError) -> None:
+        for item in batch:
+            self.stats.failed[item.key] = str(error)
+        log.warning("batch of %d texts failed: %s", len(batch), error)
+        self.failed_in_a_row += 1
+        if isinstance(error, AuthError) or self.failed_in_a_row >= ABORT_AFTER_FAILED_BATCHES:
+            self._abort(f"not sent: the run stopped after {self.failed_in_a_row} failed batch(es), "
+                        f"last: {error}")
+
+    def _abort(self, reason: str) -> None:
+        if self.stats.aborted:
+            return
+        log.error("%s", reason)
+        self.stats.aborted = reason
+        for item in self.pending:
+            self.stats.failed[item.key] = reason
+        self.pending.clear()
+        self.pending_tokens = 0
+        self._wake()
+
+    async def _request(self, batch: list[EmbedItem]) -> np.ndarray:
+        """One API call under the limits, retried with backoff; a 413 surfaces as RequestTooLargeError.
+
+        Just before each send, a batch cut before the server taught a smaller size gives its excess back.
+        """
+        seen: Counter[str] = Counter()  # this batch's failures ("error") and 429s ("rate")
+        max_rate_limited = self.cfg.max_attempts * RATE_LIMIT_ATTEMPTS_FACTOR
+
+        def stop(state: RetryCallState) -> bool:
+            return seen["error"] >= self.cfg.max_attempts or seen["rate"] >= max_rate_limited
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, RateLimitError) and exc.retry_after:
+                return 0.0  # the pacer's gate already holds every request back until Retry-After has passed
+            return float(self.backoff(state))
+
+        async for attempt in AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(_retryable),
+                                           reraise=True):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.stats.retries += 1
+                return await self._attempt(batch, seen)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
+        async with self.concurrency:
+            if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
+                raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)
+            probe = await self._await_probe()
+            try:
+                if len(batch) > self.sizer.limit:
+                    self._push_back(batch[self.sizer.limit:])
+                    del batch[self.sizer.limit:]
+                    self._wake()
+                texts = [item.text for item in batch]
+                await self._pace(sum(item.tokens for item in batch))
+                sent_at = time.monotonic()
+                self.stats.requests += 1
+                matrix = await self.provider.embed_batch(texts)
+                if matrix.shape != (len(texts), self.spec.dimension):
+                    raise BadResponseError(f"expected {len(texts)} vectors of {self.spec.dimension} dims, got "
+                                           f"shape {tuple(matrix.shape)}", provider=self.provider.name,
+                                           endpoint="embeddings")
+                # Learned before the probe (if this is one) lets the others go.
+                self.concurrency.succeeded()
+                self.pacer.succeeded()
+                self.sizer.succeeded(len(texts))
+                return matrix
+            except ProviderError as e:
+                self.stats.errors[type(e).__name__] += 1
+                if isinstance(e, RequestTooLargeError):
+                    self.sizer.too_large(len(texts))  # (a single text: the caller splits it)
+                elif isinstance(e, RateLimitError):
+                    seen["rate"] += 1
+                    self.stats.rate_limited += 1
+                    if e.retry_after:  # a rate limit: it names the moment a request can get in again
+                        self.pacer.rate_limited(time.monotonic(), e.retry_after, sent_at)
+                    else:  # GigaChat's 429 is "too many concurrent requests" (gigachat-api.md §6)
+                        self.concurrency.throttled()
+                else:
+                    seen["error"] += 1
+                raise
+            finally:
+                if probe:
+                    self._probing = False
+                    self._wake()
+
+    async def _await_probe(self) -> bool:
+        """While a 413-taught batch size is unproven, one request tests it and the others wait for it.
+
+        Returns True when this request is the probe. Without this, every request in flight would learn
+        the same lesson with a 413 of its own, at every step of the search.
+        """
+        while self.sizer.probing and self._probing:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        if self.sizer.probing:
+            self._probing = True
+            return True
+        return False
+
+    async def _pace(self, tokens: int) -> None:
+        while (delay := self.pacer.delay(time.monotonic())) > 0:
+            await asyncio.sleep(delay)
+        if self.tpm:
+            await self.tpm.acquire(min(tokens, self.cfg.tokens_per_minute))
+
+    async def _embed_long_text(self, text: str) -> np.ndarray:
+        """A text the server refused as too long: embed its pieces, average their unit vectors."""
+        if self.splitter is None or len(text) < 2:
+            raise RequestTooLargeError("text too long and no splitter", provider=self.provider.name)
+        self.stats.split_texts += 1
+        parts = []
+        for a, b in self.splitter(text):
+            piece = text[a:b]
+            try:
+                parts.append((await self._request([EmbedItem("", piece, max(1, len(piece) // 3))]))[0])
+            except RequestTooLargeError:
+                parts.append(await self._embed_long_text(piece))
+        stacked = np.stack(parts).astype(np.float32)
+        norms = np.linalg.norm(stacked, axis=1, keepdims=True)
+        mean = (stacked / np.where(norms > 0, norms, 1)).mean(axis=0)
+        scale = float(norms.mean())  # keep the service's typical norm; normalisation happens later
+        return (mean / (np.linalg.norm(mean) or 1.0) * scale).astype(np.float32)
 
 
 async def embed_items(
     provider: EmbeddingProvider,
-    items: Sequence[EmbedItem],
+    items: Iterable[EmbedItem],
     cfg: EmbeddingConfig,
     *,
     on_batch: OnBatch,
@@ -135,108 +412,24 @@ async def embed_items(
 ) -> EmbedStats:
     """Embed every item; hand each finished batch (keys, raw float32 matrix) to `on_batch`.
 
-    Returns stats; items that failed after all attempts are listed in stats.failed, not raised, so
-    the caller can persist what succeeded and exit non-zero.
+    `items` may be lazy (a generator that chunks as it goes): it is drained in a worker thread while
+    requests are already in flight. Returns stats; items that failed after all attempts are listed in
+    stats.failed with their reason, not raised, so the caller can keep what succeeded and exit non-zero.
+    Raises what on_batch or the items iterable raise.
     """
-    spec: ModelSpec = provider.spec
-    stats = EmbedStats()
+    run = _Run(provider, cfg, on_batch, progress, splitter, backoff_initial_s, backoff_max_s)
     started = time.perf_counter()
-    max_texts = cfg.batch_size or spec.max_batch_texts
-    batches = plan_batches(items, max(1, max_texts), spec.max_batch_tokens)
-    # A local model is CPU-bound and threads itself: parallel batches would only queue on its lock.
-    limit = min(cfg.concurrency, spec.max_concurrency) if spec.max_concurrency else cfg.concurrency
-    concurrency = AdaptiveConcurrency(limit)
-    rpm = AsyncLimiter(cfg.requests_per_minute, 60) if cfg.requests_per_minute else None
-    tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
-    wait = _wait(wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s))
-
-    async def request(texts: list[str], tokens: int) -> np.ndarray:
-        """One API call under the limits, retried; a 413 surfaces as RequestTooLargeError."""
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(cfg.max_attempts), wait=wait,
-                                           retry=retry_if_exception(_retryable), reraise=True):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    stats.retries += 1
-                if rpm:
-                    await rpm.acquire()
-                if tpm:
-                    await tpm.acquire(min(tokens, cfg.tokens_per_minute))
-                async with concurrency:
-                    stats.requests += 1
-                    try:
-                        matrix = await provider.embed_batch(texts)
-                    except ProviderError as e:
-                        stats.errors[type(e).__name__] += 1
-                        if isinstance(e, RateLimitError):
-                            concurrency.throttled()
-                        raise
-                if matrix.shape != (len(texts), spec.dimension):
-                    stats.errors["BadResponseError"] += 1
-                    raise BadResponseError(f"expected {len(texts)} vectors of {spec.dimension} dims, got "
-                                           f"shape {tuple(matrix.shape)}", provider=provider.name,
-                                           endpoint="embeddings")
-                concurrency.succeeded()
-                stats.tokens += tokens
-                return matrix
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def embed_long_text(text: str) -> np.ndarray:
-        """A text the server refused as too long: embed its pieces, average their unit vectors."""
-        if splitter is None or len(text) < 2:
-            raise RequestTooLargeError("text too long and no splitter", provider=provider.name)
-        stats.split_texts += 1
-        pieces = [text[a:b] for a, b in splitter(text)]
-        parts = []
-        for piece in pieces:
-            parts.append((await embed_batch_texts([piece], max(1, len(piece) // 3)))[0])
-        stacked = np.stack(parts).astype(np.float32)
-        norms = np.linalg.norm(stacked, axis=1, keepdims=True)
-        mean = (stacked / np.where(norms > 0, norms, 1)).mean(axis=0)
-        scale = float(norms.mean())  # keep the service's typical norm; normalisation happens later
-        return (mean / (np.linalg.norm(mean) or 1.0) * scale).astype(np.float32)
-
-    async def embed_batch_texts(texts: list[str], tokens: int) -> np.ndarray:
-        try:
-            return await request(texts, tokens)
-        except RequestTooLargeError:
-            if len(texts) == 1:
-                return (await embed_long_text(texts[0]))[None, :]
-            mid = len(texts) // 2  # maybe only the request was too big: halve the batch
-            left = await embed_batch_texts(texts[:mid], tokens // 2)
-            right = await embed_batch_texts(texts[mid:], tokens - tokens // 2)
-            return np.concatenate([left, right])
-
-    async def run(batch: list[EmbedItem]) -> None:
-        keys = [item.key for item in batch]
-        try:
-            matrix = await embed_batch_texts([item.text for item in batch], sum(i.tokens for i in batch))
-        except ProviderError as e:
-            for key in keys:
-                stats.failed[key] = str(e)
-            log.warning("batch of %d texts failed after retries: %s", len(batch), e)
-            return
-        await on_batch(keys, matrix)
-        stats.texts += len(batch)
-        if progress:
-            progress(len(batch))
-
-    # Bounded fan-out: at most a few batches beyond the concurrency limit are pending at once, so a
-    # million-text corpus does not create a million coroutines.
-    queue: asyncio.Queue[list[EmbedItem] | None] = asyncio.Queue(maxsize=limit * 2)
-
-    async def worker() -> None:
-        while (batch := await queue.get()) is not None:
-            await run(batch)
-
-    workers = [asyncio.create_task(worker()) for _ in range(limit)]
+    tasks = [asyncio.create_task(run.feed(items))] + [asyncio.create_task(run.work()) for _ in range(run.workers)]
+    reporter = asyncio.create_task(run.report()) if log.isEnabledFor(logging.DEBUG) else None
     try:
-        for batch in batches:
-            await queue.put(batch)
-        for _ in workers:
-            await queue.put(None)
-        await asyncio.gather(*workers)
+        await asyncio.gather(*tasks)
     finally:
-        for task in workers:
+        for task in [*tasks, reporter] if reporter else tasks:
             task.cancel()
+        await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
+    stats = run.stats
     stats.seconds = time.perf_counter() - started
+    stats.batch_texts = run.sizer.limit
+    stats.concurrency = run.concurrency.limit
+    stats.requests_per_s = run.pacer.rate if run.pacer.rate < math.inf else 0.0
     return stats

@@ -1,6 +1,7 @@
 """Evaluate: retrieval quality on a BEIR-layout dataset, run through the normal pipeline.
 
-Chunk hits map back to documents (first hit of a document counts); reports recall@1/@10, MRR@10, nDCG@10.
+Chunk hits map back to documents (a document ranks where its first chunk does); reports recall@1/@10,
+MRR@10 and nDCG@10 for exact search, the chosen index, BM25 alone and hybrid, plus ANN recall@10 vs exact.
 """
 
 from __future__ import annotations
@@ -8,19 +9,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["EvalReport", "load_beir", "retrieval_metrics", "write_beir_corpus"]
+__all__ = ["EvalReport", "evaluate", "load_beir", "rank_documents", "retrieval_metrics", "write_beir_corpus"]
 
 CORPUS_FILE = "corpus.jsonl"
+DOC_PREFIX = f"{CORPUS_FILE}#"
+CHUNKS_PER_DOC_DEPTH = 5  # chunk hits fetched per document wanted, before mapping to documents
 
 
 @dataclass
@@ -30,13 +34,29 @@ class EvalReport:
     queries: int
     documents: int
     chunks: int
-    metrics: dict[str, float]
-    index: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float]  # dense search with the chosen index
+    exact: dict[str, float] = field(default_factory=dict)  # dense search, exact (Flat) over the same vectors
+    bm25: dict[str, float] = field(default_factory=dict)  # lexical only
+    hybrid: dict[str, float] = field(default_factory=dict)  # chosen index + BM25, reciprocal rank fusion
+    ann_recall_at_10: float = 1.0  # chunks: the index's top 10 against exact top 10, on the dataset's queries
+    index: dict[str, Any] = field(default_factory=dict)  # the IndexReport of the chosen index
     seconds: float = 0.0
+
+    def table(self) -> str:
+        """The metrics as a small text table, one row per search mode."""
+        rows = [("exact (Flat)", self.exact), (f"index ({self.index.get('factory', '?')})", self.metrics),
+                ("BM25", self.bm25), ("hybrid (index + BM25, RRF)", self.hybrid)]
+        keys = list(self.metrics)
+        lines = [f"{'mode':<34}" + "".join(f"{k:>11}" for k in keys)]
+        lines += [f"{name:<34}" + "".join(f"{m.get(k, 0.0):>11.3f}" for k in keys) for name, m in rows if m]
+        return "\n".join(lines)
 
 
 def load_beir(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]], dict[str, dict[str, int]]]:
-    """queries, corpus and qrels of a single-file BEIR dataset. Raises ConfigError naming the file."""
+    """queries, corpus and qrels of a BEIR dataset: one JSON file, or a folder with queries.jsonl,
+    corpus.jsonl and qrels/test.tsv (or qrels.tsv). Raises ConfigError naming the file."""
+    if path.is_dir():
+        return _load_beir_dir(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         queries, corpus, qrels = data["queries"], data["corpus"], data["qrels"]
@@ -45,6 +65,30 @@ def load_beir(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]], di
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a BEIR dataset with queries, corpus and qrels ({e})") from None
     return queries, corpus, qrels
+
+
+def _load_beir_dir(path: Path) -> tuple[dict[str, str], dict[str, dict[str, str]], dict[str, dict[str, int]]]:
+    qrels_file = next((p for p in (path / "qrels" / "test.tsv", path / "qrels.tsv") if p.is_file()), None)
+    if not (path / "queries.jsonl").is_file() or not (path / "corpus.jsonl").is_file() or qrels_file is None:
+        raise ConfigError(f"{path}: a BEIR folder needs queries.jsonl, corpus.jsonl and qrels/test.tsv")
+    try:
+        queries = {r["_id"]: r["text"] for r in _jsonl(path / "queries.jsonl")}
+        corpus = {r["_id"]: {"title": r.get("title", ""), "text": r.get("text", "")} for r in _jsonl(path / "corpus.jsonl")}
+        qrels: dict[str, dict[str, int]] = {}
+        for line in qrels_file.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[2].strip().lstrip("-").isdigit():
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ConfigError(f"{path}: malformed BEIR file ({e})") from None
+    return queries, corpus, qrels
+
+
+def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def write_beir_corpus(corpus: Mapping[str, Mapping[str, str]], path: Path) -> None:
@@ -61,7 +105,7 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, M
                       k: int = 10) -> dict[str, float]:
     """Mean recall@1, recall@k, MRR@k and nDCG@k over the queries that have judgements."""
     r1 = rk = mrr = ndcg = 0.0
-    judged = [q for q in qrels if qrels[q]]
+    judged = [q for q in qrels if any(rel > 0 for rel in qrels[q].values())]
     for qid in judged:
         relevant = {d for d, rel in qrels[qid].items() if rel > 0}
         docs = list(ranked.get(qid, []))[:k]
@@ -76,13 +120,38 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, M
             f"ndcg@{k}": round(ndcg / n, 4)}
 
 
-def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10, progress: Any = None) -> EvalReport:
-    """Embed the dataset's corpus with `config`'s model into work_dir, then score its queries."""
+def rank_documents(chunk_rows: Sequence[int], doc_of_row: Sequence[str], k: int) -> list[str]:
+    """Distinct documents in the order their first chunk appears, at most k."""
+    docs: list[str] = []
+    for row in chunk_rows:
+        doc = doc_of_row[row]
+        if doc not in docs:
+            docs.append(doc)
+            if len(docs) == k:
+                break
+    return docs
+
+
+def _chunk_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10,
+             progress: Callable[..., Any] | None = None) -> EvalReport:
+    """Embed the dataset's corpus with `config`'s model and index settings into work_dir, then score its queries.
+
+    Re-runs are cheap: vectors come from the cache, only the index is rebuilt.
+    """
     from . import api
-    from .search import search_vectors
+    from .hybrid import Bm25Index, reciprocal_rank_fusion
+    from .index.build import BM25_DIR, iter_vector_batches
+    from .index.score import single_thread
 
     started = time.perf_counter()
     queries, corpus, qrels = load_beir(dataset)
+    if not queries or not corpus:
+        raise ConfigError(f"{dataset}: no queries or no documents")
     corpus_path = work_dir / "corpus" / CORPUS_FILE
     if not corpus_path.is_file():
         write_beir_corpus(corpus, corpus_path)
@@ -90,16 +159,36 @@ def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10, prog
     embed_report = api.embed(run_config, **({"progress": progress} if progress else {}))
     searcher = api._Searcher(run_config, None)
     qids = list(queries)
-    vectors = searcher.embed([queries[q] for q in qids], is_query=True)
-    ranked: dict[str, list[str]] = {}
-    prefix = f"{CORPUS_FILE}#"
-    for qid, vector in zip(qids, vectors, strict=True):
-        docs: list[str] = []
-        for hit in search_vectors(searcher.index, searcher.rows, np.asarray(vector), k * 5):
-            doc = hit.doc_id.removeprefix(prefix)
-            if doc not in docs:
-                docs.append(doc)
-        ranked[qid] = docs[:k]
-    return EvalReport(dataset=str(dataset), model=run_config.model, queries=len(qids), documents=len(corpus),
-                      chunks=embed_report.chunks, metrics=retrieval_metrics(ranked, qrels, k),
-                      index=embed_report.index or {}, seconds=round(time.perf_counter() - started, 1))
+    vectors = np.ascontiguousarray(searcher.embed([queries[q] for q in qids], is_query=True), dtype=np.float32)
+    doc_of_row = [d.removeprefix(DOC_PREFIX) for d in searcher.rows.column("doc_id").to_pylist()]
+    depth = min(k * CHUNKS_PER_DOC_DEPTH, searcher.index.ntotal)
+
+    exact = faiss.IndexFlat(searcher.index.d, searcher.index.metric_type)
+    for block in iter_vector_batches(searcher.snap.vectors_path, 65_536):
+        exact.add(block)
+    _, exact_rows = exact.search(vectors, depth)
+    _, index_rows = searcher.index.search(vectors, depth)
+    kk = min(k, depth)
+    ann_recall = _chunk_recall(index_rows[:, :kk], exact_rows[:, :kk])
+
+    ranked_exact = {q: rank_documents([r for r in rows if r >= 0], doc_of_row, k) for q, rows in zip(qids, exact_rows, strict=True)}
+    ranked_index = {q: rank_documents([r for r in rows if r >= 0], doc_of_row, k) for q, rows in zip(qids, index_rows, strict=True)}
+    report = EvalReport(dataset=str(dataset), model=searcher.spec.name, queries=len(qids), documents=len(corpus),
+                        chunks=embed_report.chunks, metrics=retrieval_metrics(ranked_index, qrels, k),
+                        exact=retrieval_metrics(ranked_exact, qrels, k), ann_recall_at_10=round(ann_recall, 4),
+                        index=embed_report.index or {})
+    bm25_dir = searcher.snap.index_dir / BM25_DIR
+    if bm25_dir.is_dir():
+        bm25 = Bm25Index.load(bm25_dir)
+        ranked_bm25, ranked_hybrid = {}, {}
+        with single_thread():
+            for q, rows in zip(qids, index_rows, strict=True):
+                lexical = [i for i, _ in bm25.top(queries[q], depth)]
+                dense = [int(r) for r in rows if r >= 0]
+                ranked_bm25[q] = rank_documents(lexical, doc_of_row, k)
+                fused = [i for i, _ in reciprocal_rank_fusion([dense, lexical])]
+                ranked_hybrid[q] = rank_documents(fused, doc_of_row, k)
+        report.bm25 = retrieval_metrics(ranked_bm25, qrels, k)
+        report.hybrid = retrieval_metrics(ranked_hybrid, qrels, k)
+    report.seconds = round(time.perf_counter() - started, 1)
+    return report

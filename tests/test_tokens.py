@@ -169,6 +169,12 @@ def test_learning_fitter_for_any_counter() -> None:
     assert 95 <= Words().count(text[:end]) <= 102
 
 
+def test_learning_fitter_is_not_fooled_by_free_whitespace() -> None:
+    fitter = LearningFitter(E5Counter(lambda text: 5 + len(text.split())), "x" * 10**8)
+    fitter.observe(0, 100_000, 6)  # 100 000 characters for one token: mostly whitespace
+    assert fitter.fit_end(0, 512) <= 32 * 507
+
+
 def test_fitter_for_prefers_the_counters_own() -> None:
     class Own:
         name = "own"

@@ -1,13 +1,20 @@
 """Index building: FAISS from a snapshot's Parquet vectors, streamed in batches, then tuned and saved.
 
-Writes index/index.faiss (plain faiss.read_index opens it), index/rows.parquet (FAISS id -> chunk row)
-and index/meta.json (fingerprint, choice, search parameter, measured recall@10 and latency).
+Writes index/index.faiss (plain faiss.read_index opens it), index/rows.parquet (FAISS id -> chunk row),
+index/bm25/ (the lexical index for hybrid search) and index/meta.json (the IndexReport: choice, search
+parameter, measured recall@10, latency, memory). Vectors are never all in memory outside the index itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import resource
+import shutil
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,22 +26,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import IndexBuildError, StoreError
-from ..store import META_KEY, Snapshot, read_rows, write_json_atomic, write_table_atomic
-from .select import IndexChoice, select_index
+from ..store import META_KEY, ROW_COLUMNS, Snapshot, read_rows, write_json_atomic
+from .score import ExactTopK, latency_ms, set_search_param, single_thread, tune_search_param
+from .select import read_batch_rows, select_index
 
-__all__ = ["IndexReport", "build_index", "load_index", "set_search_param"]
+__all__ = ["IndexReport", "build_index", "iter_vector_batches", "load_index", "set_search_param"]
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.parquet"
 META_FILE = "meta.json"
-READ_BATCH = 65_536
-TRAIN_SAMPLE_PER_LIST = 64
+BM25_DIR = "bm25"
 RECALL_QUERIES = 200
+LATENCY_QUERIES = 100
 RECALL_K = 10
+ROWS_BATCH = 8192
+SMALL_JOB_FLOATS = 1 << 24  # n * dim below this: build on one thread
 
 
 @dataclass
 class IndexReport:
+    """What was built and how good it is; saved as index/meta.json and printed by `pipeline index`."""
+
     kind: str
     factory: str
     vectors: int
@@ -42,96 +56,101 @@ class IndexReport:
     metric: str
     reason: str
     search_param: dict[str, int] = field(default_factory=dict)
-    recall_at_10: float = 1.0
-    latency_p50_ms: float = 0.0
+    recall_at_10: float = 1.0  # against exact search, the data's own vectors as queries
+    recall_queries: int = 0
+    target_recall: float = 0.95
+    tuning: list[tuple[int, float]] = field(default_factory=list)  # (search param value, recall@10) tried
+    latency_p50_ms: float = 0.0  # single queries, one thread
     latency_p95_ms: float = 0.0
-    estimated_bytes: int = 0
-    file_bytes: int = 0
+    memory_budget_bytes: int = 0
+    estimated_bytes: int = 0  # the index in memory, estimated before building
+    estimated_peak_bytes: int = 0  # the build's peak, estimated before building
+    index_bytes: int = 0  # the index as built (serialised size, ≈ its memory)
+    file_bytes: int = 0  # index.faiss + rows.parquet + bm25/
+    peak_rss_bytes: int = 0  # of the building process (includes whatever it held before)
+    bm25: bool = False
     build_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # per step: sample, train, add, tune, save, bm25
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
-def _iter_vectors(path: Path) -> Iterator[np.ndarray]:
+def _open(path: Path) -> pq.ParquetFile:
     try:
-        reader = pq.ParquetFile(path)
+        # pre_buffer off and a small read buffer: pages are decompressed as batches are asked for, so a
+        # snapshot written as one huge row group still streams (pre-buffering would load its whole column).
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"{path}: cannot read vectors: {e}") from None
-    for batch in reader.iter_batches(batch_size=READ_BATCH, columns=["vector"]):
+
+
+def iter_vector_batches(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+    """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order."""
+    for batch in _open(path).iter_batches(batch_size=batch_rows, columns=["vector"]):
         column = batch.column(0)
+        if not isinstance(column.type, pa.FixedSizeListType):
+            raise StoreError(f"{path}: column 'vector' is not fixed_size_list<float32>")
         dim = column.type.list_size
         yield column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def _sample(path: Path, n_total: int, n_sample: int, seed: int = 0) -> np.ndarray:
-    """A uniform sample of rows, read batch by batch (never the whole matrix)."""
-    rng = np.random.default_rng(seed)
-    wanted = np.sort(rng.choice(n_total, size=min(n_sample, n_total), replace=False))
-    out, offset = [], 0
-    for block in _iter_vectors(path):
-        lo, hi = np.searchsorted(wanted, [offset, offset + len(block)])
-        if hi > lo:
-            out.append(block[wanted[lo:hi] - offset])
-        offset += len(block)
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def set_search_param(index: faiss.Index, params: dict[str, int]) -> None:
-    space = faiss.ParameterSpace()
-    for name, value in params.items():
-        space.set_index_parameter(index, name, value)
-
-
-def _exact_knn(path: Path, queries: np.ndarray, k: int, metric: int) -> np.ndarray:
-    """Ground-truth ids by brute force over streamed batches, merged by score."""
-    best_d = np.full((len(queries), k), -np.inf if metric == faiss.METRIC_INNER_PRODUCT else np.inf,
-                     dtype=np.float32)
-    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+def _sample(path: Path, batch_rows: int, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows at sorted positions, for several named samples, in one pass over the file."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     offset = 0
-    for block in _iter_vectors(path):
-        d, i = faiss.knn(queries, block, min(k, len(block)), metric=metric)
-        i = np.where(i >= 0, i + offset, -1)
-        all_d, all_i = np.concatenate([best_d, d], 1), np.concatenate([best_i, i], 1)
-        order = np.argsort(-all_d if metric == faiss.METRIC_INNER_PRODUCT else all_d, axis=1)[:, :k]
-        best_d, best_i = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)
+    for block in iter_vector_batches(path, batch_rows):
+        for name, rows in wanted.items():
+            lo, hi = np.searchsorted(rows, [offset, offset + len(block)])
+            if hi > lo:
+                parts[name].append(block[rows[lo:hi] - offset].copy())  # a copy, so the batch can go
         offset += len(block)
-    return best_i
+    return {name: np.concatenate(p) if p else np.zeros((0, 0), np.float32) for name, p in parts.items()}
 
 
-def _recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
-    _, found = index.search(queries, k)
-    hits = sum(len(set(f[f >= 0]) & set(t[t >= 0])) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
+def _prepare(index: faiss.Index) -> None:
+    """Build-time settings FAISS's factory leaves costly: no polysemous PQ training (minutes here, unused)."""
+    with contextlib.suppress(RuntimeError, AttributeError):
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.do_polysemous_training = False
 
 
-def _latency(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, float]:
-    times = []
-    for q in queries[:100]:
-        t = time.perf_counter()
-        index.search(q[None, :], k)
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-_TUNING = {"hnsw": ("efSearch", [16, 32, 64, 128, 256, 512, 1024]),
-           "ivf": ("nprobe", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]),
-           "ivfpq": ("nprobe", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])}
+def _dir_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def _tune(index: faiss.Index, choice: IndexChoice, queries: np.ndarray, truth: np.ndarray,
-          target: float) -> tuple[dict[str, int], float]:
-    """The smallest search parameter reaching the target recall@10 (the largest tried if none does)."""
-    if choice.kind not in _TUNING:
-        return {}, _recall(index, queries, truth, RECALL_K)
-    name, values = _TUNING[choice.kind]
-    if choice.kind != "hnsw":
-        values = [v for v in values if v <= choice.params.get("nlist", 1)] or [1]
-    recall = 0.0
-    for value in values:
-        set_search_param(index, {name: value})
-        recall = _recall(index, queries, truth, RECALL_K)
-        if recall >= target:
-            return {name: value}, recall
-    return {name: values[-1]}, recall
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        log.info("index: %s ...", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+            log.info("index: %s done in %.1f s", name, self.seconds[name])
+
+
+def _vectors_meta(path: Path) -> tuple[int, int, dict[str, Any]]:
+    try:
+        schema = pq.read_schema(path)
+        n = pq.ParquetFile(path).metadata.num_rows
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: cannot read vectors: {e}") from None
+    meta: dict[str, Any] = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
+    dim = int(meta.get("dimension") or 0)
+    if not dim and "vector" in schema.names and isinstance(schema.field("vector").type, pa.FixedSizeListType):
+        dim = schema.field("vector").type.list_size
+    return n, dim, meta
 
 
 def build_index(
@@ -141,13 +160,19 @@ def build_index(
     memory_budget_bytes: int = 4 << 30,
     target_recall: float = 0.95,
     progress: Callable[[int], None] | None = None,
+    bm25: bool = True,
+    batch_rows: int | None = None,
+    seed: int = 0,
 ) -> IndexReport:
-    """Build, tune and save the index of a snapshot. Raises IndexBuildError with the numbers."""
+    """Select, build, tune and save the index of a snapshot; returns (and saves) its report.
+
+    Two passes over vectors.parquet: one draws the training and recall samples, one adds each batch to
+    the index while streaming exact search for the recall queries. Raises IndexBuildError with the
+    numbers when the budget cannot hold any index, or there are too few vectors to train the one asked for.
+    """
     started = time.perf_counter()
-    meta_file = pq.read_schema(snap.vectors_path).metadata or {}
-    vec_meta: dict[str, Any] = json.loads(meta_file.get(META_KEY, b"{}"))
-    n = pq.ParquetFile(snap.vectors_path).metadata.num_rows
-    dim = int(vec_meta.get("dimension") or 0)
+    timer = _Timer()
+    n, dim, vec_meta = _vectors_meta(snap.vectors_path)
     if n == 0 or dim == 0:
         raise IndexBuildError(f"{snap.vectors_path}: no vectors to index")
     metric = faiss.METRIC_INNER_PRODUCT if vec_meta.get("normalize", True) else faiss.METRIC_L2
@@ -155,39 +180,109 @@ def build_index(
         choice = select_index(n, dim, memory_budget_bytes, index_type)
     except ValueError as e:
         raise IndexBuildError(str(e)) from None
+    log.info("index: %s for %d x %d (%s)", choice.factory, n, dim, choice.reason)
+    rows_per_batch = batch_rows or read_batch_rows(dim)
     index = faiss.index_factory(dim, choice.factory, metric)
-    if not index.is_trained:
-        need = choice.params.get("nlist", 1) * TRAIN_SAMPLE_PER_LIST
-        sample = _sample(snap.vectors_path, n, max(need, 10_000))
-        if len(sample) < choice.params.get("nlist", 1):
-            raise IndexBuildError(f"{n} vectors are too few to train {choice.factory}; use --index-type flat")
-        index.train(sample)
-    for block in _iter_vectors(snap.vectors_path):
-        index.add(block)
-        if progress:
-            progress(len(block))
+    _prepare(index)
 
-    queries = _sample(snap.vectors_path, n, RECALL_QUERIES, seed=1)
-    truth = _exact_knn(snap.vectors_path, queries, RECALL_K, metric) if choice.kind != "flat" else None
-    params, recall = _tune(index, choice, queries, truth, target_recall) if truth is not None else ({}, 1.0)
-    p50, p95 = _latency(index, queries, RECALL_K)
+    rng = np.random.default_rng(seed)
+    wanted = {"queries": np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))}
+    if not index.is_trained:
+        if n < choice.params.get("nlist", 1):
+            raise IndexBuildError(f"{n} vectors are too few to train {choice.factory} "
+                                  f"({choice.params['nlist']} lists); use --index-type flat or hnsw")
+        wanted["train"] = np.sort(rng.choice(n, size=min(n, choice.train_rows), replace=False))
+    with timer.step("sample"):
+        samples = _sample(snap.vectors_path, rows_per_batch, wanted)
+    queries = samples.pop("queries")
+    # Small jobs run on one thread: an OpenMP team on a busy 2-core machine costs more than it saves.
+    threads = single_thread() if n * dim < SMALL_JOB_FLOATS else contextlib.nullcontext()
+    with threads:
+        if "train" in samples:
+            with timer.step("train"):
+                index.train(samples.pop("train"))
+        pa.default_memory_pool().release_unused()
+
+        exact = ExactTopK(queries, RECALL_K, metric) if choice.search_param is not None else None
+        with timer.step("add"):
+            for block in iter_vector_batches(snap.vectors_path, rows_per_batch):
+                index.add(block)
+                if exact is not None:
+                    exact.add(block)
+                if progress:
+                    progress(len(block))
+    if index.ntotal != n:
+        raise IndexBuildError(f"{snap.vectors_path}: read {index.ntotal} vectors, metadata says {n}")
+
+    with timer.step("tune"):
+        if exact is not None:
+            tuning = tune_search_param(index, choice, queries, exact.ids, target_recall)
+            params, recall, curve = tuning.param, tuning.recall, tuning.curve
+        else:
+            params, recall, curve = {}, 1.0, []
+        p50, p95 = latency_ms(index, queries[:LATENCY_QUERIES], RECALL_K)
 
     snap.index_dir.mkdir(parents=True, exist_ok=True)
-    tmp = snap.index_dir / f".{INDEX_FILE}.tmp"
-    faiss.write_index(index, str(tmp))
-    tmp.replace(snap.index_dir / INDEX_FILE)
-    write_table_atomic(read_rows(snap.vectors_path), snap.index_dir / ROWS_FILE)
+    with timer.step("save"):
+        tmp = snap.index_dir / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+        faiss.write_index(index, str(tmp))
+        tmp.replace(snap.index_dir / INDEX_FILE)
+        index_bytes = (snap.index_dir / INDEX_FILE).stat().st_size
+        del index  # the lexical index is built after the vectors' index is gone from memory
+        _copy_rows(snap.vectors_path, snap.index_dir / ROWS_FILE)
+    has_bm25 = False
+    if bm25:
+        with timer.step("bm25"):
+            has_bm25 = _build_bm25(snap.index_dir / ROWS_FILE, snap.index_dir / BM25_DIR)
+
     report = IndexReport(
         kind=choice.kind, factory=choice.factory, vectors=n, dimension=dim,
         metric="inner_product" if metric == faiss.METRIC_INNER_PRODUCT else "l2", reason=choice.reason,
-        search_param=params, recall_at_10=round(recall, 4), latency_p50_ms=round(p50, 3),
-        latency_p95_ms=round(p95, 3), estimated_bytes=choice.estimated_bytes,
-        file_bytes=(snap.index_dir / INDEX_FILE).stat().st_size,
-        build_seconds=round(time.perf_counter() - started, 3),
-        fingerprint=vec_meta.get("fingerprint", {}),
+        search_param=params, recall_at_10=round(recall, 4), recall_queries=len(queries),
+        target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
+        latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3), memory_budget_bytes=memory_budget_bytes,
+        estimated_bytes=choice.estimated_bytes, estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes,
+        file_bytes=sum(_dir_bytes(snap.index_dir / f) for f in (INDEX_FILE, ROWS_FILE, BM25_DIR)),
+        peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - started, 3),
+        seconds=timer.seconds, fingerprint=vec_meta.get("fingerprint", {}),
     )
     write_json_atomic(asdict(report), snap.index_dir / META_FILE)
     return report
+
+
+def _copy_rows(src: Path, dest: Path) -> None:
+    """Every column but the vector, copied batch by batch to dest (atomically)."""
+    source = _open(src)
+    columns = [c for c in ROW_COLUMNS if c in source.schema_arrow.names]
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        schema = pa.schema([source.schema_arrow.field(c) for c in columns], metadata=source.schema_arrow.metadata)
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in source.iter_batches(batch_size=ROWS_BATCH, columns=columns):
+                writer.write_batch(batch)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _build_bm25(rows_path: Path, dest: Path) -> bool:
+    """The BM25 index of the chunk texts, saved to dest; False when bm25s is not installed."""
+    try:
+        from ..hybrid import Bm25Index
+    except ImportError:  # pragma: no cover - bm25s is a declared dependency; an old venv may lack it
+        log.warning("bm25s is not installed: no lexical index, so no --hybrid search")
+        return False
+    texts = (t for batch in _open(rows_path).iter_batches(batch_size=ROWS_BATCH, columns=["text"])
+             for t in batch.column(0).to_pylist())
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        Bm25Index.build(texts).save(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.replace(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def load_index(snap: Snapshot) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
@@ -205,3 +300,4 @@ def load_index(snap: Snapshot) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
     if rows.num_rows != index.ntotal:
         raise StoreError(f"{snap.index_dir}: index holds {index.ntotal} vectors but rows has {rows.num_rows}")
     return index, rows, meta
+

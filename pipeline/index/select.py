@@ -1,82 +1,222 @@
-"""Index selection: from vector count, dimension and a memory budget to a ranked FAISS choice.
+"""Index selection: from vector count, dimension and a memory budget to ranked FAISS choices with reasons.
 
-Pure: builds nothing, so it can be tested over any sizes. FAISS factory strings are the vocabulary.
+Pure: builds nothing, so it can be tested over any sizes. FAISS factory strings are the vocabulary,
+parsed once here (`parse_factory`) into an IndexChoice that the build and search steps read.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-__all__ = ["IndexChoice", "estimate_bytes", "select_index"]
+__all__ = ["KINDS", "IndexChoice", "candidate_indexes", "parse_factory", "read_batch_rows", "select_index"]
 
-FLAT_MAX_FLOPS = 60_000_000  # n*dim below this: exact search answers in a few ms, so why approximate
+KINDS = ("flat", "hnsw", "ivf", "ivfsq", "ivfpq")
+# n*dim below this: one exact single-threaded search takes a few ms here (~3.5 G multiply-adds/s a core).
+FLAT_MAX_FLOPS = 10_000_000
 HNSW_M = 32
-OPQ_MIN_VECTORS = 100_000
+HNSW_MAX_VECTORS = 5_000_000  # graph construction beyond this takes hours on a few cores
+OPQ_MIN_VECTORS = 100_000  # OPQ's rotation pays for its training time only on large collections
+COARSE_HNSW_MIN_LISTS = 8192  # from here a graph over the centroids beats scanning them all
+TRAIN_PER_LIST = 40  # k-means training points per inverted list (FAISS warns below 39)
+PQ_TRAIN_MIN = 256 * 40  # 8-bit PQ codebooks want ~40 points per centroid too
+BATCH_BYTES = 64 << 20  # vectors read from Parquet per batch
+_ID_BYTES = 8
+
+_FACTORY = re.compile(
+    r"^(?:OPQ(?P<opq>\d+)(?:_(?P<opq_d>\d+))?,)?"
+    r"(?:(?P<flat>Flat)|HNSW(?P<hnsw>\d+)(?:,Flat)?|"
+    r"IVF(?P<nlist>\d+)(?:_HNSW(?P<coarse_m>\d+))?,(?:(?P<ivf_flat>Flat)|(?P<sq>SQ8|SQfp16)|"
+    r"PQ(?P<pq_m>\d+)(?:x(?P<pq_bits>\d+))?))$"
+)
+_SQ_BYTES = {"SQ8": 1, "SQfp16": 2}
 
 
 @dataclass(frozen=True)
 class IndexChoice:
-    kind: str  # "flat", "hnsw", "ivf", "ivfpq"
+    kind: str  # one of KINDS
     factory: str  # FAISS index_factory string
-    estimated_bytes: int
+    estimated_bytes: int  # the index in memory (≈ its file size)
     reason: str
-    params: dict[str, int] = field(default_factory=dict)  # nlist, m, M; search params are tuned later
+    params: dict[str, int] = field(default_factory=dict)  # nlist, M, m, bits, opq; search params are tuned later
+    training_bytes: int = 0  # the training sample held while training (freed before vectors are added)
+    batch_bytes: int = 0  # one batch of vectors read while adding
+
+    @property
+    def peak_bytes(self) -> int:
+        """Memory the build needs at its peak: training, or the whole index plus one batch."""
+        return max(self.training_bytes + self.params.get("nlist", 0) * self.params.get("dim", 0) * 4,
+                   self.estimated_bytes + self.batch_bytes)
+
+    @property
+    def search_param(self) -> str | None:
+        """The knob that trades speed for recall: efSearch (graph), nprobe (inverted lists), none (exact)."""
+        return {"hnsw": "efSearch", "flat": None}.get(self.kind, "nprobe")
+
+    @property
+    def train_rows(self) -> int:
+        """How many vectors training wants (0: no training)."""
+        nlist = self.params.get("nlist", 0)
+        if not nlist:
+            return 0
+        return max(nlist * TRAIN_PER_LIST, PQ_TRAIN_MIN if self.kind == "ivfpq" else 0)
+
+
+def read_batch_rows(dim: int) -> int:
+    """Rows per Parquet read batch: ~64 MiB of float32 vectors."""
+    return max(1024, BATCH_BYTES // max(1, dim * 4))
+
+
+def parse_factory(factory: str, n: int, dim: int, reason: str = "") -> IndexChoice:
+    """The one parser of factory strings: kind, parameters and memory estimate of `factory` for n x dim.
+
+    Understands Flat, HNSW{M}[,Flat], [OPQ{m}[_{d}],]IVF{nlist}[_HNSW{M}],{Flat|SQ8|SQfp16|PQ{m}[x{bits}]}.
+    Raises ValueError for anything else.
+    """
+    match = _FACTORY.match(factory.replace(" ", ""))
+    if match is None:
+        raise ValueError(f"unsupported index factory {factory!r}; use one of {', '.join(KINDS)} or a string "
+                         "like 'HNSW32', 'IVF1024,Flat', 'IVF1024,SQ8', 'OPQ32_1024,IVF1024,PQ32x8'")
+    g = match.groupdict()
+    params: dict[str, int] = {"dim": dim}
+    batch = min(n, read_batch_rows(dim)) * dim * 4
+    if g["flat"]:
+        return IndexChoice("flat", factory, n * dim * 4, reason, params, 0, batch)
+    if g["hnsw"]:
+        m = int(g["hnsw"])
+        params["M"] = m
+        # level 0 keeps 2M int32 links a vector, upper levels ~1/M as many; plus level bookkeeping
+        est = int(n * (dim * 4 + 2 * m * 4 * 1.07 + 12))
+        return IndexChoice("hnsw", factory, est, reason, params, 0, batch)
+    nlist = int(g["nlist"])
+    params["nlist"] = nlist
+    est = n * _ID_BYTES + nlist * dim * 4 + nlist * 40  # ids, centroids, list headers
+    if g["coarse_m"]:
+        params["coarse_M"] = int(g["coarse_m"])
+        est += nlist * 2 * int(g["coarse_m"]) * 4
+    if g["ivf_flat"]:
+        kind, code = "ivf", dim * 4
+    elif g["sq"]:
+        kind, code = "ivfsq", dim * _SQ_BYTES[g["sq"]]
+        params["sq_bytes"] = _SQ_BYTES[g["sq"]]
+    else:
+        kind = "ivfpq"
+        m, bits = int(g["pq_m"]), int(g["pq_bits"] or 8)
+        if dim % m:
+            raise ValueError(f"{factory}: PQ{m} needs a dimension divisible by {m}, not {dim}")
+        params.update(m=m, bits=bits)
+        code = math.ceil(m * bits / 8)
+        est += (1 << bits) * dim * 4  # codebooks
+    if g["opq"]:
+        params["opq"] = int(g["opq"])
+        est += dim * dim * 4
+    choice = IndexChoice(kind, factory, est + n * code, reason, params, 0, batch)
+    return IndexChoice(kind, factory, choice.estimated_bytes, reason, params,
+                       min(n, choice.train_rows) * dim * 4, batch)
 
 
 def _nlist(n: int) -> int:
-    return max(1, min(65536, int(4 * math.sqrt(n))))
+    """A power of two near 2*sqrt(n) (~500 vectors a list at 1M; coarse search cheap at 1024-d), trainable."""
+    nlist = min(65536, 2 ** round(math.log2(2 * math.sqrt(max(n, 1)))))
+    while nlist > 1 and nlist * TRAIN_PER_LIST > n:  # enough training points for every centroid
+        nlist //= 2
+    return nlist
 
 
-def _pq_m(dim: int, n: int, budget: int, nlist: int) -> int:
-    """The largest number of PQ sub-quantisers (dividing dim, <= 64 bytes a code) whose codes fit."""
-    for m in (64, 48, 32, 24, 16, 12, 8, 4):
-        if dim % m == 0 and dim // m >= 4 and n * (m + 8) + nlist * dim * 4 + dim * dim * 4 <= budget:
-            return m
-    return 0
+def _ivf_prefix(n: int, nlist: int) -> str:
+    return f"IVF{nlist}_HNSW32" if nlist >= COARSE_HNSW_MIN_LISTS else f"IVF{nlist}"
 
 
-def estimate_bytes(kind: str, n: int, dim: int, *, nlist: int = 0, m: int = 0) -> int:
-    if kind == "flat":
-        return n * dim * 4
-    if kind == "hnsw":
-        return int(n * (dim * 4 + HNSW_M * 2 * 4 * 1.1))
-    if kind == "ivf":
-        return n * (dim * 4 + 8) + nlist * dim * 4
-    if kind == "ivfpq":
-        return n * (m + 8) + nlist * dim * 4 + dim * dim * 4
-    raise ValueError(kind)
+def _pq(n: int, dim: int, budget: int, nlist: int) -> IndexChoice | None:
+    """The richest PQ code (at most 128 bytes, at least 4 dimensions a sub-quantiser) whose build fits."""
+    opq_ok = n >= OPQ_MIN_VECTORS
+    for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4):
+        if dim % m or dim // m < 4:
+            continue
+        opq = f"OPQ{m}_{dim}," if opq_ok else ""
+        factory = f"{opq}{_ivf_prefix(n, nlist)},PQ{m}x8"
+        choice = parse_factory(factory, n, dim)
+        if choice.peak_bytes <= budget:
+            return choice
+    return None
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:,.0f} MiB"
+
+
+def candidate_indexes(n: int, dim: int, budget_bytes: int) -> list[IndexChoice]:
+    """Every family's index for n x dim, best first (by the order we prefer them), each with its reason.
+
+    Choices whose build peak exceeds the budget are left out; the list may be empty.
+    """
+    nlist = _nlist(n)
+    out: list[IndexChoice] = []
+    flat = parse_factory("Flat", n, dim)
+    if n * dim <= FLAT_MAX_FLOPS and flat.peak_bytes <= budget_bytes:
+        out.append(_with_reason(flat, f"{n} x {dim}: exact search is cheap at this size ({_mib(flat.estimated_bytes)})"))
+    hnsw = parse_factory(f"HNSW{HNSW_M},Flat", n, dim)
+    if n <= HNSW_MAX_VECTORS and hnsw.peak_bytes <= budget_bytes:
+        out.append(_with_reason(hnsw, f"{n} vectors fit the budget as a graph ({_mib(hnsw.estimated_bytes)}): "
+                                      "fastest queries at high recall"))
+    if n >= 1000:
+        prefix = _ivf_prefix(n, nlist)
+        ivf = parse_factory(f"{prefix},Flat", n, dim)
+        if ivf.peak_bytes <= budget_bytes:
+            out.append(_with_reason(ivf, f"{n} vectors: {nlist} inverted lists over full vectors "
+                                         f"({_mib(ivf.estimated_bytes)}); quick to build"))
+        sq = parse_factory(f"{prefix},SQ8", n, dim)
+        if sq.peak_bytes <= budget_bytes:
+            out.append(_with_reason(sq, f"full vectors ({_mib(ivf.estimated_bytes)}) exceed the budget: "
+                                        f"{nlist} inverted lists of 8-bit scalar codes ({_mib(sq.estimated_bytes)})"))
+        pq = _pq(n, dim, budget_bytes, nlist)
+        if pq is not None:
+            out.append(_with_reason(pq, f"vectors do not fit even as 8-bit codes ({_mib(sq.estimated_bytes)}): "
+                                        f"{pq.params['m']}-byte product-quantised codes ({_mib(pq.estimated_bytes)})"))
+    if not out and flat.peak_bytes <= budget_bytes:
+        out.append(_with_reason(flat, f"{n} x {dim}: too few vectors to train an approximate index"))
+    return out
+
+
+def _with_reason(choice: IndexChoice, reason: str) -> IndexChoice:
+    return IndexChoice(choice.kind, choice.factory, choice.estimated_bytes, reason, choice.params,
+                       choice.training_bytes, choice.batch_bytes)
 
 
 def select_index(n: int, dim: int, budget_bytes: int, kind: str = "auto") -> IndexChoice:
-    """The index for n vectors of `dim` within `budget_bytes`; `kind` forces a family.
+    """The index for n vectors of `dim` within `budget_bytes`; `kind` forces a family or gives a factory string.
 
-    Raises ValueError when even the smallest product-quantised index does not fit.
+    Raises ValueError, with the numbers and a remedy, when nothing fits the budget.
     """
+    if kind == "auto":
+        ranked = candidate_indexes(n, dim, budget_bytes)
+        if ranked:
+            return ranked[0]
+        smallest = parse_factory(f"{_ivf_prefix(n, _nlist(n))},PQ{_smallest_m(dim)}x8", n, dim)
+        raise ValueError(f"{n} x {dim} vectors need at least {_mib(smallest.peak_bytes)} even as "
+                         f"{smallest.factory}; the budget is {_mib(budget_bytes)}: raise --memory-budget")
     nlist = _nlist(n)
-    flat = estimate_bytes("flat", n, dim)
-    hnsw = estimate_bytes("hnsw", n, dim)
-    ivf = estimate_bytes("ivf", n, dim, nlist=nlist)
-    if kind == "flat" or (kind == "auto" and n * dim <= FLAT_MAX_FLOPS and flat <= budget_bytes):
-        return IndexChoice("flat", "Flat", flat, f"{n} x {dim}: exact search is cheap at this size")
-    if kind == "hnsw" or (kind == "auto" and hnsw <= budget_bytes and n <= 5_000_000):
-        return IndexChoice("hnsw", f"HNSW{HNSW_M},Flat", hnsw,
-                           f"{n} vectors fit the budget as a graph ({hnsw / 2**20:.0f} MiB)", {"M": HNSW_M})
-    if kind == "ivf" or (kind == "auto" and ivf <= budget_bytes):
-        return IndexChoice("ivf", f"IVF{nlist},Flat", ivf,
-                           f"{n} vectors: inverted lists over full vectors ({ivf / 2**20:.0f} MiB)",
-                           {"nlist": nlist})
-    m = _pq_m(dim, n, budget_bytes, nlist)
-    if not m:
-        if kind == "ivfpq":
-            m = next(x for x in (16, 8, 4, 2, 1) if dim % x == 0 and (dim // x >= 4 or x == 1))
-        else:
-            need = estimate_bytes("ivfpq", n, dim, nlist=nlist, m=8)
-            raise ValueError(f"{n} x {dim} vectors need at least {need / 2**20:.0f} MiB even as IVF-PQ; "
-                             f"the budget is {budget_bytes / 2**20:.0f} MiB: raise --memory-budget")
-    # OPQ's rotation pays for its training time only on large collections.
-    opq = f"OPQ{m}_{dim}," if n >= OPQ_MIN_VECTORS else ""
-    est = estimate_bytes("ivfpq", n, dim, nlist=nlist, m=m)
-    return IndexChoice("ivfpq", f"{opq}IVF{nlist},PQ{m}x8", est,
-                       f"full vectors ({flat / 2**20:.0f} MiB) exceed the budget: {m}-byte PQ codes "
-                       f"({est / 2**20:.0f} MiB)", {"nlist": nlist, "m": m})
+    if kind == "flat":
+        choice = parse_factory("Flat", n, dim, "exact search, as asked")
+    elif kind == "hnsw":
+        choice = parse_factory(f"HNSW{HNSW_M},Flat", n, dim, "graph index, as asked")
+    elif kind == "ivf":
+        choice = parse_factory(f"{_ivf_prefix(n, nlist)},Flat", n, dim, f"{nlist} inverted lists, as asked")
+    elif kind == "ivfsq":
+        choice = parse_factory(f"{_ivf_prefix(n, nlist)},SQ8", n, dim, f"{nlist} lists of 8-bit codes, as asked")
+    elif kind == "ivfpq":
+        choice = _pq(n, dim, budget_bytes, nlist) or parse_factory(
+            f"{_ivf_prefix(n, nlist)},PQ{_smallest_m(dim)}x8", n, dim)
+        choice = _with_reason(choice, f"{nlist} lists of {choice.params['m']}-byte PQ codes, as asked")
+    else:
+        choice = parse_factory(kind, n, dim, "factory string, as given")
+    if choice.peak_bytes > budget_bytes:
+        raise ValueError(f"{choice.factory} over {n} x {dim} needs {_mib(choice.peak_bytes)} to build "
+                         f"({_mib(choice.estimated_bytes)} index + {_mib(choice.batch_bytes)} read batch); the "
+                         f"budget is {_mib(budget_bytes)}: raise --memory-budget or use --index-type auto")
+    return choice
+
+
+def _smallest_m(dim: int) -> int:
+    return next(m for m in (4, 2, 1) if dim % m == 0)

