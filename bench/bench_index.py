@@ -101,14 +101,47 @@ def _snapshot_for(work: Path, data: Path, label: str) -> Path:
 
 
 def build_one(snap: Path, kind: str, budget: str) -> dict:
-    """Runs in a fresh process: the real build_index, and this process's peak RSS."""
+    """Runs in a fresh process: the real build_index, this process's peak RSS, and the peak of each step."""
+    import logging
+    import threading
+
+    import psutil
+
     from pipeline.config import parse_size
     from pipeline.index import build_index
     from pipeline.store import Snapshot
 
+    steps: list[tuple[float, str]] = [(time.perf_counter(), "start")]
+
+    class StepLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if msg.endswith(" ..."):
+                steps.append((time.perf_counter(), msg.removeprefix("index: ").removesuffix(" ...")))
+
+    logger = logging.getLogger("pipeline.index.build")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(StepLog())
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        proc = psutil.Process()
+        while not done.wait(0.2):
+            samples.append((time.perf_counter(), proc.memory_info().rss))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
     report = build_index(Snapshot(snap), index_type=kind, memory_budget_bytes=parse_size(budget, what="budget"))
-    return {"report": report.__dict__, "wall_s": time.perf_counter() - started, "peak_rss": _rss_peak()}
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    by_step: dict[str, int] = {}
+    for t, rss in samples:
+        name = next(n for s_t, n in reversed(steps) if s_t <= t)
+        by_step[name] = max(by_step.get(name, 0), rss)
+    return {"report": report.__dict__, "wall_s": wall, "peak_rss": _rss_peak(), "rss_by_step": by_step}
 
 
 def serve_one(snap: Path, queries_path: Path, truth_path: Path) -> dict:

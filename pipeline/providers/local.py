@@ -51,8 +51,10 @@ class LocalE5Provider:
     def embed_sync(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)
+        # The C engine reads C strings: a NUL would silently end the text there.
+        clean = [t.replace("\0", " ") for t in texts]
         with _ENGINE_LOCK:
-            out = _engine().encode(list(texts), is_query)
+            out = _engine().encode(clean, is_query)
         return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.spec.dimension)
 
     async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
