@@ -46,7 +46,7 @@ from .store import (
     write_json_atomic,
     write_table_atomic,
 )
-from .tokens import TokenCounter, token_counter_for
+from .tokens import CachedCounter, TokenCounter, token_counter_for
 
 __all__ = [
     "EmbedPlan",
@@ -64,6 +64,7 @@ __all__ = [
 
 Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
 EXIT_PARTIAL = 3
+EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
 
 
 def _no_progress(label: str, total: int | None) -> Callable[[int], None]:
@@ -159,13 +160,32 @@ def _locked(out_dir: Path) -> Iterator[None]:
         lock.release()
 
 
+def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
+    """The chunker's counter: the offline one, or with [chunking] exact_tokens the provider's own count.
+
+    The exact counter asks the service (GigaChat's /tokens/count) once per distinct text, plus the
+    embeddings endpoint's per-text overhead; only providers that can count support it.
+    """
+    if not config.chunking.exact_tokens:
+        return token_counter_for(spec)
+    provider = embedding_provider(spec, config)
+    count_tokens = getattr(provider, "count_tokens", None)
+    if count_tokens is None:
+        raise ConfigError(f"--exact-tokens: the {spec.provider} provider of {spec.name} cannot count tokens")
+
+    def count_many(texts: list[str]) -> list[int]:
+        return list(asyncio.run(count_tokens(texts)))
+
+    return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
+
+
 def chunk_corpus(
     config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = _no_progress
 ) -> Iterator[Chunk]:
     """Chunks of every document of a corpus, for the configured model."""
     spec = config.model_spec()
     settings = ChunkSettings.for_model(spec, config.chunking)
-    counter = token_counter_for(spec)
+    counter = chunk_counter(config, spec)
     advance = progress("chunk", None)
     with _image_describer(config) as describe:
         for doc in iter_documents(corpus, report, describe):
@@ -215,7 +235,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         raise SourceError(f"{config.corpus}: corpus path does not exist")
     spec = config.model_spec()
     settings = ChunkSettings.for_model(spec, config.chunking)
-    counter = token_counter_for(spec)
+    counter = chunk_counter(config, spec)
     fp = _fingerprint(spec, config, settings, counter.name)
     out_dir = config.out_dir
     if new_index:

@@ -34,9 +34,14 @@ def _progress_bars(enabled: bool) -> api.Progress:
     return factory
 
 
-def _config(config_path: Path | None, **overrides: Any) -> Config:
-    return load_config(config_path, model=overrides.get("model"), corpus=overrides.get("corpus"),
-                       out_dir=overrides.get("out_dir"))
+def _config(config_path: Path | None, *, exact_tokens: bool = False, **overrides: Any) -> Config:
+    config = load_config(config_path, model=overrides.get("model"), corpus=overrides.get("corpus"),
+                         out_dir=overrides.get("out_dir"))
+    if exact_tokens:
+        from dataclasses import replace
+
+        config = config.with_overrides(chunking=replace(config.chunking, exact_tokens=True))
+    return config
 
 
 def _print_json(data: Any) -> None:
@@ -49,6 +54,10 @@ out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, p
                           help="Output directory (snapshots, index). Default: the config's out_dir, else out/.")
 model_option = click.option("--model", help="Embedding model from the registry (see `pipeline models`).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+exact_tokens_option = click.option(
+    "--exact-tokens", is_flag=True,
+    help="Size chunks by the provider's own token count (GigaChat /tokens/count, each distinct text asked once) "
+         "instead of the offline bound.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,6 +84,7 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="If --out holds an index of another model or chunker, build a separate one beside it "
                           "(OUT.<model>-<fingerprint>) instead of refusing."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
+        exact_tokens_option,
         click.option("--plan", "plan_only", is_flag=True,
                      help="Print chunks, tokens, requests, cache hits and the expected time; send nothing."),
         click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True),
@@ -87,11 +97,11 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
-               no_index: bool, new_index: bool, batch_size: int | None, plan_only: bool, latency_ms: float | None,
-               progress: bool, as_json: bool) -> None:
+               no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool, plan_only: bool,
+               latency_ms: float | None, progress: bool, as_json: bool) -> None:
     from dataclasses import replace
 
-    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir)
+    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir, exact_tokens=exact_tokens)
     if batch_size:
         config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
     if plan_only:
@@ -339,10 +349,11 @@ def models(config_path: Path | None, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @config_option
 @model_option
+@exact_tokens_option
 @json_option
-def chunk(path: Path, config_path: Path | None, model: str | None, as_json: bool) -> None:
+def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens: bool, as_json: bool) -> None:
     """Show the chunks of a file or folder as they would be sent to the model."""
-    config = _config(config_path, model=model)
+    config = _config(config_path, model=model, exact_tokens=exact_tokens)
     count = 0
     for c in api.chunk_corpus(config, path):
         count += 1

@@ -93,6 +93,7 @@ class GigaChatSettings:
 class ChunkingConfig:
     target_tokens: int = 0  # 0: the model's max_input_tokens
     overlap_tokens: int = 0
+    exact_tokens: bool = False  # check chunk sizes with the provider's own counter (GigaChat /tokens/count)
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,22 @@ def test_wrong_credentials_is_one_clear_line_without_the_secret(tmp_path: Path) 
     assert result.returncode != 0
     assert "V1JPTkctU0VDUkVULVZBTFVF" not in result.stderr + result.stdout
     assert "401" in result.stderr or "credentials" in result.stderr.lower()
+
+
+def test_exact_tokens_sizes_chunks_by_the_services_own_count(tmp_path: Path) -> None:
+    import math
+    from dataclasses import replace
+
+    from pipeline import api
+    from pipeline.config import load_config
+
+    with start_emulator(EmulatorProfile()) as emu:
+        config = load_config(None, env=_env(emu), model="Embeddings")
+        config = replace(config, chunking=replace(config.chunking, exact_tokens=True))
+        chunks = list(api.chunk_corpus(config, DATA / "ru" / "khleb-na-zakvaske.md"))
+        asked = emu.stats()["by_path"].get("/api/v1/tokens/count", 0)
+        again = list(api.chunk_corpus(config, DATA / "ru" / "khleb-na-zakvaske.md"))
+    assert len(chunks) >= 2 and asked >= 1
+    for c in chunks:  # the emulator counts ceil(len/3) + 5 per embedded text; our count is its count
+        assert c.token_count == math.ceil(len(c.text) / 3) + 5 <= 512
+    assert [c.chunk_id for c in again] == [c.chunk_id for c in chunks]
