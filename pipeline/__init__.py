@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "api": ["EmbedReport", "SearchResult", "ask", "build_index_for", "chunk_corpus", "embed", "list_models",
-            "search"],
+    "api": ["EmbedPlan", "EmbedReport", "SearchResult", "ask", "build_index_for", "chunk_corpus", "embed",
+            "list_models", "plan", "search"],
     "ask": ["Answer", "Source"],
     "config": ["Config", "load_config"],
     "errors": ["AuthError", "BadRequestError", "BadResponseError", "ConfigError", "ContentRefusedError",
@@ -42,6 +42,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import (  # noqa: F401
+        EmbedPlan,
         EmbedReport,
         SearchResult,
         ask,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
         chunk_corpus,
         embed,
         list_models,
+        plan,
         search,
     )
     from .ask import Answer, Source  # noqa: F401

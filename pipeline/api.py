@@ -25,6 +25,8 @@ from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
 from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
+from .evaluate import EvalReport
+from .evaluate import evaluate as run_evaluation
 from .filters import SearchFilter
 from .incremental import CorpusDiff, diff_corpus, merge_tables
 from .index import IndexReport, build_index, load_index
@@ -322,9 +324,12 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
         raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
     spec = config.model_spec()
     settings = ChunkSettings.for_model(spec, config.chunking)
-    counter = token_counter_for(spec)
-    fp = _fingerprint(spec, config, settings, counter.name)
+    counter = token_counter_for(spec)  # offline: planning sends nothing, not even token counts
+    fp = _fingerprint(spec, config, settings, chunk_counter(config, spec).name)  # what embed would record
     result = EmbedPlan(corpus=str(config.corpus), model=spec.name)
+    if config.chunking.exact_tokens:
+        result.notes.append("exact_tokens: planned with the offline token counter (the exact one asks the "
+                            "service), so chunk and cache-hit counts may differ a little")
     live = current_snapshot(config.out_dir) if config.out_dir.exists() else None
     manifest = live.manifest() if live else None
     if manifest and manifest.get("fingerprint_id") != fingerprint_id(fp):
@@ -519,15 +524,13 @@ def search(config: Config, query: str, *, k: int = 5, model: str | None = None,
 
 
 def evaluate(config: Config, dataset: Path, *, work_dir: Path | None = None, k: int = 10,
-             progress: Progress = _no_progress) -> Any:
+             progress: Progress = _no_progress) -> EvalReport:
     """Retrieval quality on a BEIR dataset (EvalReport): exact, the chosen index, BM25 and hybrid.
 
     The corpus goes through the normal pipeline into work_dir (default OUT/eval/<dataset>/<model>).
     """
-    from .evaluate import evaluate as run_eval
-
     work = work_dir or config.out_dir / "eval" / dataset.stem / config.model
-    return run_eval(config, dataset, work, k=k, progress=progress)
+    return run_evaluation(config, dataset, work, k=k, progress=progress)
 
 
 def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, chat_model: str | None = None,

@@ -155,7 +155,8 @@ def reindex(**options: Any) -> None:
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"]),
               help="Index family; auto picks from the vector count and the memory budget "
                    "(flat: exact; hnsw: graph; ivf: inverted lists; ivfsq: with 8-bit codes; ivfpq: PQ codes).")
-@click.option("--memory-budget", help="Memory the index may use, e.g. 512MiB, 4GiB.")
+@click.option("--memory-budget", help="Peak memory the index build may use (the index, read buffers and "
+              "runtime), e.g. 2GiB; auto picks the best index that fits.")
 @json_option
 def index(config_path: Path | None, out_dir: Path | None, index_type: str | None, memory_budget: str | None,
           as_json: bool) -> None:
@@ -294,7 +295,8 @@ def ask(question: str, k: int, config_path: Path | None, model: str | None, out_
               help="Where the dataset's corpus is embedded and indexed. Default: OUT/eval/<dataset>/<model>.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq"]),
               help="Index to evaluate against exact search (default: the config's, usually auto).")
-@click.option("--memory-budget", help="Memory the index may use, e.g. 512MiB, 4GiB.")
+@click.option("--memory-budget", help="Peak memory the index build may use (the index, read buffers and "
+              "runtime), e.g. 2GiB; auto picks the best index that fits.")
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Cut-off for the metrics.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")
 @json_option

@@ -1,7 +1,6 @@
 """Embedding: the async scheduler that turns texts into vectors through a provider, losing none.
 
-Cuts batches by texts and tokens, keeps to the server's limits (ratelimit.py learns them), retries
-what is retryable and records what is not. Vectors are matched to items by key. Knows no Parquet.
+Batches, in-flight and rate limits (learned: ratelimit.py), retries, 413 splits; knows no Parquet.
 """
 
 from __future__ import annotations
@@ -171,6 +170,9 @@ class _Run:
         self._wake()
 
     def _push_back(self, batch: list[EmbedItem]) -> None:
+        if self.stats.aborted:
+            self.stats.failed.update((item.key, self.stats.aborted) for item in batch)
+            return
         for item in reversed(batch):
             self.pending.appendleft(item)
             self.pending_tokens += item.tokens
@@ -428,6 +430,8 @@ async def embed_items(
             task.cancel()
         await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
     stats = run.stats
+    for item in run.pending:  # none, by construction; but an item is never dropped without a word
+        stats.failed.setdefault(item.key, "not sent")
     stats.seconds = time.perf_counter() - started
     stats.batch_texts = run.sizer.limit
     stats.concurrency = run.concurrency.limit

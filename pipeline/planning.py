@@ -84,7 +84,8 @@ class EmbedPlan:
         lines = [
             f"{self.documents} documents ({self.documents_to_chunk} new or changed), {self.chunks} chunks, "
             f"{self.cache_hits} cache hits",
-            f"to send: {self.texts_to_send} texts, {self.tokens} tokens, {self.requests} requests of up to "
+            f"to send: {self.texts_to_send} texts, {self.tokens} tokens, {self.requests} "
+            f"request{'s' * (self.requests != 1)} of up to "
             f"{self.texts_per_request} texts ({self.model})",
             f"expected: {_duration(self.expected_seconds)} under {', '.join(limits)}; {self.binding} binds",
         ]

@@ -34,7 +34,6 @@ class RequestPacer:
         self._gate = 0.0  # no request starts before this (Retry-After)
         self._last_decrease = -math.inf
         self._recent: list[float] = []  # start times, kept only while the pace is unknown
-        self.throttles = 0
 
     def delay(self, now: float) -> float:
         """0.0 and the slot is taken; else how long to wait before asking again (nothing is taken)."""
@@ -50,7 +49,6 @@ class RequestPacer:
 
     def rate_limited(self, now: float, retry_after: float, sent_at: float) -> None:
         """A 429 with Retry-After for a request started at `sent_at`."""
-        self.throttles += 1
         self._gate = max(self._gate, now + retry_after)
         if sent_at < self._last_decrease:
             return  # sent before the last decrease: that decrease already answered this overshoot
@@ -66,9 +64,6 @@ class RequestPacer:
     def succeeded(self) -> None:
         if self.rate < self.max_rate:
             self.rate = min(self.max_rate, self.rate + RATE_INCREASE)
-
-    def seconds_per_request(self) -> float:
-        return 1.0 / self.rate if self.rate < math.inf else 0.0
 
 
 @dataclass

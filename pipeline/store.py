@@ -101,7 +101,10 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        # Dictionaries and min/max statistics of float vectors cost 4x the write time and 50% more bytes
+        # for nothing: keep them for the row columns only.
+        plain = [f.name for f in table.schema if not pa.types.is_fixed_size_list(f.type)]
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=plain, write_statistics=plain)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

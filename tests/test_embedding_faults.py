@@ -53,23 +53,19 @@ def _config(emu: Any, corpus: Path, out: Path, cache: Path, *, timeout_s: float 
                    gigachat=replace(config.gigachat, timeout_s=timeout_s))
 
 
-def _fast(config: Config) -> Callable[[], api.EmbedReport]:
-    """api.embed with a short backoff, so retries cost milliseconds (the policy is what is tested, not the clock)."""
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait milliseconds, not seconds: the policy is under test here, not the clock."""
     import pipeline.embedding as embedding
 
-    def run() -> api.EmbedReport:
-        original = embedding.embed_items
+    async def quick(*args: Any, **kw: Any) -> Any:
+        return await embedding.embed_items(*args, **{**kw, "backoff_initial_s": 0.01, "backoff_max_s": 0.05})
 
-        async def quick(*args: Any, **kw: Any) -> Any:
-            return await original(*args, **{**kw, "backoff_initial_s": 0.01, "backoff_max_s": 0.05})
+    monkeypatch.setattr(api, "embed_items", quick)
 
-        api.embed_items = quick  # type: ignore[attr-defined]
-        try:
-            return api.embed(config, build=False)
-        finally:
-            api.embed_items = original  # type: ignore[attr-defined]
 
-    return run
+def _embed(config: Config) -> api.EmbedReport:
+    return api.embed(config, build=False)
 
 
 def _assert_each_chunk_once(config: Config) -> int:
@@ -98,7 +94,7 @@ def _profile(**kw: Any) -> EmulatorProfile:
 def test_429_storm(corpus: Path, tmp_path: Path, knobs: dict[str, Any]) -> None:
     with start_emulator(_profile(base_latency_ms=20, **knobs)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=5, concurrency=8)
-        report = _fast(config)()
+        report = _embed(config)
         seen = emu.stats()["status_counts"]
     assert report.exit_code == 0 and report.failed_chunks == 0
     print(seen)
@@ -109,7 +105,7 @@ def test_429_storm(corpus: Path, tmp_path: Path, knobs: dict[str, Any]) -> None:
 def test_server_errors_are_retried(corpus: Path, tmp_path: Path) -> None:
     with start_emulator(_profile(error_rate=0.3)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, max_attempts=8)
-        report = _fast(config)()
+        report = _embed(config)
         seen = emu.stats()["status_counts"]
     assert seen.get("500", 0) > 5 and report.failed_chunks == 0
     _assert_each_chunk_once(config)
@@ -141,7 +137,7 @@ def test_slow_responses_time_out_and_are_retried(corpus: Path, tmp_path: Path) -
     with start_emulator(_profile(base_latency_ms=50, latency_jitter_ms=400)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", timeout_s=0.35, batch_size=12,
                          concurrency=8)
-        report = _fast(config)()
+        report = _embed(config)
     assert report.errors.get("NetworkError", 0) > 0 and report.failed_chunks == 0
     _assert_each_chunk_once(config)
 
@@ -149,7 +145,7 @@ def test_slow_responses_time_out_and_are_retried(corpus: Path, tmp_path: Path) -
 def test_connections_dropped_mid_response(corpus: Path, tmp_path: Path) -> None:
     with start_emulator(_profile(drop_rate=0.3)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8)
-        report = _fast(config)()
+        report = _embed(config)
         dropped = emu.stats()["connections_dropped"]
     assert dropped > 3 and report.errors.get("NetworkError", 0) >= dropped and report.failed_chunks == 0
     _assert_each_chunk_once(config)
@@ -158,7 +154,7 @@ def test_connections_dropped_mid_response(corpus: Path, tmp_path: Path) -> None:
 def test_wrong_count_is_retried_never_shifted(corpus: Path, tmp_path: Path) -> None:
     with start_emulator(_profile(wrong_count_rate=0.3)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8)
-        report = _fast(config)()
+        report = _embed(config)
         wrong = emu.stats()["wrong_counts"]
     assert wrong > 3 and report.errors.get("BadResponseError", 0) == wrong and report.failed_chunks == 0
     _assert_each_chunk_once(config)
@@ -169,12 +165,12 @@ def test_wrong_dimension_fails_fast_then_a_fixed_run_completes(corpus: Path, tmp
         good = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=2)
         bad_spec = replace(good.registry[MODEL], dimension=768)  # the registry disagrees with the service
         bad = replace(good, registry={**good.registry, MODEL: bad_spec}, out_dir=tmp_path / "out-bad")
-        report = _fast(bad)()
+        report = _embed(bad)
         sent_bad = emu.stats()["requests"]
         assert report.exit_code == 3 and report.failed_chunks == 240 and report.vectors == 0
         assert any("768" in reason for reason in report.failure_reasons)
         assert sent_bad < 80  # stopped after a few failed batches instead of trying all 30 six times
-        fixed = _fast(good)()
+        fixed = _embed(good)
     assert fixed.exit_code == 0 and fixed.embedded == 240
     _assert_each_chunk_once(good)
 
@@ -182,7 +178,7 @@ def test_wrong_dimension_fails_fast_then_a_fixed_run_completes(corpus: Path, tmp
 def test_too_many_texts_teaches_the_batch_size(corpus: Path, tmp_path: Path) -> None:
     with start_emulator(_profile(max_texts_per_request=7)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", concurrency=2)  # batches of 100
-        report = _fast(config)()
+        report = _embed(config)
         seen = emu.stats()["status_counts"]
     assert report.failed_chunks == 0
     assert seen.get("413", 0) <= 10  # a binary search, not a halving of every batch
@@ -200,14 +196,16 @@ def _cached_hashes(cache: Path) -> set[str]:
 
 def test_kill_9_mid_run_then_rerun_sends_only_the_rest(corpus: Path, tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out"
-    with start_emulator(_profile(base_latency_ms=60)) as emu:
+    slow = tmp_path / "slow.toml"
+    slow.write_text("[embedding]\nconcurrency = 2\n", encoding="utf-8")  # 20 rounds of 100 ms: time to aim
+    with start_emulator(_profile(base_latency_ms=100)) as emu:
         env = {**os.environ, "GIGACHAT_BASE_URL": emu.base_url, "GIGACHAT_AUTH_URL": emu.auth_url,
                "GIGACHAT_CREDENTIALS": emu.credentials, "PIPELINE_CACHE_DIR": str(cache)}
         child = subprocess.Popen([sys.executable, "-m", "pipeline", "embed", str(corpus), "--out", str(out),
-                                  "--model", MODEL, "--batch-size", "6", "--no-index", "--no-progress"],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  "--model", MODEL, "--config", str(slow), "--batch-size", "6", "--no-index",
+                                  "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while len(_parts(cache)) < 5 and child.poll() is None and time.monotonic() < deadline:
+        while len(_parts(cache)) < 3 and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
