@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--configs", default="auto:2GiB,ivf:5GiB")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench-index")
     parser.add_argument("--no-md", action="store_true", help="Do not update bench/index.md.")
+    parser.add_argument("--serve-only", action="store_true", help="Re-time the serving of configs already built.")
     sub = parser.add_subparsers(dest="cmd")
     b = sub.add_parser("build-one")
     b.add_argument("snap", type=Path)
@@ -228,9 +229,13 @@ def main() -> None:
     for config in args.configs.split(","):
         kind, budget = config.split(":")
         label = f"{kind}-{budget}".replace(",", "_")
-        snap = _snapshot_for(work, data, label)
-        print(f"== {config}: building", flush=True)
-        built = _child(["build-one", str(snap), kind, budget])
+        snap = work / "runs" / label if args.serve_only else _snapshot_for(work, data, label)
+        previous = next((r for r in results if r["config"] == config), None)
+        if args.serve_only and previous is not None:
+            built = previous["build"]
+        else:
+            print(f"== {config}: building", flush=True)
+            built = _child(["build-one", str(snap), kind, budget])
         rep = built["report"]
         print(f"   {rep['factory']} {rep['search_param']} recall@10 {rep['recall_at_10']:.3f}, "
               f"{built['wall_s']:.0f} s, peak RSS {_gib(built['peak_rss'])} GiB", flush=True)

@@ -7,6 +7,7 @@ stemmed by the Snowball stemmer of its script. Knows nothing of FAISS; search.py
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -20,7 +21,8 @@ RRF_K = 60  # the constant of Cormack et al. (2009); ranks past ~60 barely count
 _WORD = re.compile(r"[^\W_]+")  # letters and digits; `_`, `.` and `/` split identifiers and paths
 _CYRILLIC = re.compile(r"[а-яё]")
 _LATIN = re.compile(r"[a-z]")
-_VOCAB_FILE = "tokenizer.json"
+_INFO_FILE = "tokenizer.json"
+TOKENIZER = "stem-en-ru-v1"  # bump when tokenize() changes: saved indexes then ask to be rebuilt
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +67,8 @@ class Bm25Index:
         """Index texts (one per chunk, in row order); token ids are assigned as texts stream past."""
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG
+
         vocab: dict[str, int] = {}
         ids: list[np.ndarray] = []
         for text in texts:
@@ -80,14 +84,19 @@ class Bm25Index:
         path.mkdir(parents=True, exist_ok=True)
         if self.num_docs:
             self._retriever.save(str(path), show_progress=False)  # type: ignore[attr-defined]
-        (path / _VOCAB_FILE).write_text(json.dumps({"num_docs": self.num_docs, "tokenizer": "stem-en-ru-v1"}),
+        (path / _INFO_FILE).write_text(json.dumps({"num_docs": self.num_docs, "tokenizer": TOKENIZER}),
                                         encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> Bm25Index:
         import bm25s
 
-        info = json.loads((path / _VOCAB_FILE).read_text(encoding="utf-8"))
+        info = json.loads((path / _INFO_FILE).read_text(encoding="utf-8"))
+        if info.get("tokenizer") != TOKENIZER:
+            from .errors import StoreError
+
+            raise StoreError(f"{path}: BM25 index of tokenizer {info.get('tokenizer')!r}, this version uses "
+                             f"{TOKENIZER!r}; rebuild it with `pipeline index`")
         retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False) if info["num_docs"] else None
         return cls(retriever, int(info["num_docs"]))
 
@@ -122,6 +131,6 @@ def load_bm25(index_dir: Path) -> Bm25Index:
     from .errors import StoreError
 
     path = index_dir / "bm25"
-    if not (path / _VOCAB_FILE).is_file():
+    if not (path / _INFO_FILE).is_file():
         raise StoreError(f"{index_dir}: no BM25 index for --hybrid; rebuild it with `pipeline index`")
     return Bm25Index.load(path)

@@ -1,6 +1,7 @@
 """Index building: FAISS from a snapshot's Parquet vectors, streamed in batches, then tuned and saved.
 
-Writes index/index.faiss (plain faiss.read_index opens it), index/rows.parquet (FAISS id -> chunk row),
+Writes index/index.faiss (plain faiss.read_index opens it), index/rows.arrow (FAISS id -> chunk row, an
+Arrow IPC file that searches memory-map, so chunk texts are read only for the hits),
 index/bm25/ (the lexical index for hybrid search) and index/meta.json (the IndexReport: choice, search
 parameter, measured recall@10, latency, memory). Vectors are never all in memory outside the index itself.
 """
@@ -8,6 +9,7 @@ parameter, measured recall@10, latency, memory). Vectors are never all in memory
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import resource
@@ -30,12 +32,13 @@ from ..store import META_KEY, ROW_COLUMNS, Snapshot, read_rows, write_json_atomi
 from .score import ExactTopK, latency_ms, set_search_param, single_thread, tune_search_param
 from .select import read_batch_rows, select_index
 
-__all__ = ["IndexReport", "build_index", "iter_vector_batches", "load_index", "set_search_param"]
+__all__ = ["IndexReport", "build_index", "iter_vector_batches", "load_index", "read_index_rows", "set_search_param"]
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
-ROWS_FILE = "rows.parquet"
+ROWS_FILE = "rows.arrow"
+LEGACY_ROWS_FILE = "rows.parquet"  # indexes built before rows.arrow
 META_FILE = "meta.json"
 BM25_DIR = "bm25"
 RECALL_QUERIES = 200
@@ -56,7 +59,7 @@ class IndexReport:
     metric: str
     reason: str
     search_param: dict[str, int] = field(default_factory=dict)
-    recall_at_10: float = 1.0  # against exact search, the data's own vectors as queries
+    recall_at_10: float = 1.0  # against exact search; queries: sampled indexed vectors (their own id left out)
     recall_queries: int = 0
     target_recall: float = 0.95
     tuning: list[tuple[int, float]] = field(default_factory=list)  # (search param value, recall@10) tried
@@ -66,7 +69,7 @@ class IndexReport:
     estimated_bytes: int = 0  # the index in memory, estimated before building
     estimated_peak_bytes: int = 0  # the build's peak, estimated before building
     index_bytes: int = 0  # the index as built (serialised size, ≈ its memory)
-    file_bytes: int = 0  # index.faiss + rows.parquet + bm25/
+    file_bytes: int = 0  # index.faiss + rows.arrow + bm25/
     peak_rss_bytes: int = 0  # of the building process (includes whatever it held before)
     bm25: bool = False
     build_seconds: float = 0.0
@@ -112,6 +115,14 @@ def _prepare(index: faiss.Index) -> None:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         if isinstance(ivf, faiss.IndexIVFPQ):
             ivf.do_polysemous_training = False
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the OS (Arrow's pool and glibc keep freed blocks), so RSS shows what is held."""
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _peak_rss() -> int:
@@ -166,8 +177,9 @@ def build_index(
 ) -> IndexReport:
     """Select, build, tune and save the index of a snapshot; returns (and saves) its report.
 
-    Two passes over vectors.parquet: one draws the training and recall samples, one adds each batch to
-    the index while streaming exact search for the recall queries. Raises IndexBuildError with the
+    Streams vectors.parquet: one pass draws the training and recall samples; for inverted lists one pass
+    assigns each vector to its list (and streams exact search for the recall queries), one encodes it
+    into lists sized exactly beforehand; flat and graph indexes add in one pass. Raises IndexBuildError with the
     numbers when the budget cannot hold any index, or there are too few vectors to train the one asked for.
     """
     started = time.perf_counter()
@@ -201,22 +213,18 @@ def build_index(
         if "train" in samples:
             with timer.step("train"):
                 index.train(samples.pop("train"))
-        pa.default_memory_pool().release_unused()
+        _release_memory()
 
-        exact = ExactTopK(queries, RECALL_K, metric) if choice.search_param is not None else None
-        with timer.step("add"):
-            for block in iter_vector_batches(snap.vectors_path, rows_per_batch):
-                index.add(block)
-                if exact is not None:
-                    exact.add(block)
-                if progress:
-                    progress(len(block))
+        # k+1: each recall query is an indexed vector, and its own id is left out when recall is counted
+        exact = ExactTopK(queries, RECALL_K + 1, metric) if choice.search_param is not None else None
+        _add_all(index, snap.vectors_path, rows_per_batch, n, exact, progress, timer)
     if index.ntotal != n:
         raise IndexBuildError(f"{snap.vectors_path}: read {index.ntotal} vectors, metadata says {n}")
 
     with timer.step("tune"):
         if exact is not None:
-            tuning = tune_search_param(index, choice, queries, exact.ids, target_recall)
+            tuning = tune_search_param(index, choice, queries, exact.ids, target_recall,
+                                       query_ids=wanted["queries"])
             params, recall, curve = tuning.param, tuning.recall, tuning.curve
         else:
             params, recall, curve = {}, 1.0, []
@@ -229,6 +237,7 @@ def build_index(
         tmp.replace(snap.index_dir / INDEX_FILE)
         index_bytes = (snap.index_dir / INDEX_FILE).stat().st_size
         del index  # the lexical index is built after the vectors' index is gone from memory
+        _release_memory()
         _copy_rows(snap.vectors_path, snap.index_dir / ROWS_FILE)
     has_bm25 = False
     if bm25:
@@ -250,19 +259,93 @@ def build_index(
     return report
 
 
+def _transform(pre: faiss.IndexPreTransform | None, x: np.ndarray) -> np.ndarray:
+    if pre is None:
+        return x
+    for i in range(pre.chain.size()):
+        x = pre.chain.at(i).apply(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: ExactTopK | None,
+             progress: Callable[[int], None] | None, timer: _Timer) -> None:
+    """Add every vector, batch by batch, allocating the index's storage once at its final size.
+
+    Growing storage by appends doubles it now and then, and the copy briefly holds old and new: up to
+    ~2x the index at the peak. So flat storage is reserved up front, and inverted lists get an assignment
+    pass first (which list each vector goes to; 8 bytes a vector) and are sized exactly before the add
+    pass encodes into them, reusing the assignments.
+    """
+    outer = faiss.downcast_index(index)
+    pre = outer if isinstance(outer, faiss.IndexPreTransform) else None
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except (RuntimeError, AttributeError):
+        ivf = None
+    if ivf is None or not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
+        storage = faiss.downcast_index(outer.storage) if isinstance(outer, faiss.IndexHNSW) else outer
+        if isinstance(storage, faiss.IndexFlatCodes):
+            storage.codes.resize(n * storage.code_size)  # zero-filled at its final size, then emptied:
+            storage.codes.resize(0)  # the capacity stays
+        with timer.step("add"):
+            for block in iter_vector_batches(path, batch_rows):
+                index.add(block)
+                if exact is not None:
+                    exact.add(block)
+                if progress:
+                    progress(len(block))
+        return
+    assign = np.empty(n, dtype=np.int64)
+    with timer.step("assign"):
+        offset = 0
+        for block in iter_vector_batches(path, batch_rows):
+            _, lists = ivf.quantizer.search(_transform(pre, block), 1)
+            assign[offset : offset + len(block)] = lists[:, 0]
+            offset += len(block)
+            if exact is not None:
+                exact.add(block)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    for list_no, count in enumerate(np.bincount(assign, minlength=ivf.nlist).tolist()):
+        if count:
+            invlists.resize(list_no, count)
+            invlists.resize(list_no, 0)
+    with timer.step("add"):
+        offset = 0
+        for block in iter_vector_batches(path, batch_rows):
+            x = np.ascontiguousarray(_transform(pre, block))
+            lists = np.ascontiguousarray(assign[offset : offset + len(x)])
+            ivf.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(lists))
+            offset += len(x)
+            if progress:
+                progress(len(x))
+    if pre is not None:
+        pre.ntotal = ivf.ntotal
+
+
 def _copy_rows(src: Path, dest: Path) -> None:
-    """Every column but the vector, copied batch by batch to dest (atomically)."""
+    """Every column but the vector, copied batch by batch to dest (an Arrow IPC file, atomically)."""
     source = _open(src)
     columns = [c for c in ROW_COLUMNS if c in source.schema_arrow.names]
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         schema = pa.schema([source.schema_arrow.field(c) for c in columns], metadata=source.schema_arrow.metadata)
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for batch in source.iter_batches(batch_size=ROWS_BATCH, columns=columns):
                 writer.write_batch(batch)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_index_rows(index_dir: Path) -> pa.Table:
+    """The rows table of an index, memory-mapped: pages are read from disk only when a column is used."""
+    path = index_dir / ROWS_FILE
+    if not path.is_file() and (index_dir / LEGACY_ROWS_FILE).is_file():
+        return read_rows(index_dir / LEGACY_ROWS_FILE)
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: missing or unreadable index rows: {e}") from None
 
 
 def _build_bm25(rows_path: Path, dest: Path) -> bool:
@@ -272,8 +355,8 @@ def _build_bm25(rows_path: Path, dest: Path) -> bool:
     except ImportError:  # pragma: no cover - bm25s is a declared dependency; an old venv may lack it
         log.warning("bm25s is not installed: no lexical index, so no --hybrid search")
         return False
-    texts = (t for batch in _open(rows_path).iter_batches(batch_size=ROWS_BATCH, columns=["text"])
-             for t in batch.column(0).to_pylist())
+    column = read_index_rows(rows_path.parent).column("text")
+    texts = (t for chunk in column.chunks for t in chunk.to_pylist())
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         Bm25Index.build(texts).save(tmp)
@@ -296,7 +379,7 @@ def load_index(snap: Snapshot) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
         raise StoreError(f"{snap.index_dir / META_FILE}: missing or corrupt index metadata: {e}") from None
     index = faiss.read_index(str(path))
     set_search_param(index, meta.get("search_param", {}))
-    rows = read_rows(snap.index_dir / ROWS_FILE)
+    rows = read_index_rows(snap.index_dir)
     if rows.num_rows != index.ntotal:
         raise StoreError(f"{snap.index_dir}: index holds {index.ntotal} vectors but rows has {rows.num_rows}")
     return index, rows, meta

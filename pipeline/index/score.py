@@ -15,7 +15,7 @@ import numpy as np
 
 from .select import IndexChoice
 
-__all__ = ["ExactTopK", "latency_ms", "recall_at_k", "set_search_param", "single_thread", "tune_search_param"]
+__all__ = ["ExactTopK", "drop_self", "latency_ms", "recall_at_k", "set_search_param", "single_thread", "tune_search_param"]
 
 # Values tried, smallest first: the first that reaches the target recall wins.
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -69,9 +69,24 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / max(1, int((truth >= 0).sum()))
 
 
-def _index_recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:
-    _, found = index.search(queries, truth.shape[1])
-    return recall_at_k(found, truth)
+def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ids without the query's own id, first k kept (-1 padded): a data vector used as a query
+    would otherwise always find itself, which flatters recall."""
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for r, (row, own) in enumerate(zip(ids, self_ids, strict=True)):
+        kept = row[row != own][:k]
+        out[r, : len(kept)] = kept
+    return out
+
+
+def _index_recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray,
+                  query_ids: np.ndarray | None) -> float:
+    if query_ids is None:
+        _, found = index.search(queries, truth.shape[1])
+        return recall_at_k(found, truth)
+    k = truth.shape[1] - 1
+    _, found = index.search(queries, k + 1)
+    return recall_at_k(drop_self(found, query_ids, k), drop_self(truth, query_ids, k))
 
 
 def latency_ms(index: faiss.Index, queries: np.ndarray, k: int, repeat: int = 1) -> tuple[float, float]:
@@ -101,21 +116,24 @@ class Tuning:
 
 
 def tune_search_param(index: faiss.Index, choice: IndexChoice, queries: np.ndarray, truth: np.ndarray,
-                      target: float) -> Tuning:
+                      target: float, *, query_ids: np.ndarray | None = None) -> Tuning:
     """The smallest search parameter whose recall@k reaches `target` (if none does: the cheapest near the best).
+
+    With query_ids (the queries are indexed vectors with these ids), truth holds k+1 ids a row and each
+    query's own id is left out of both sides: recall@k of its k true neighbours.
 
     Recall rises with the parameter: gallop up (1st, 2nd, 4th, 8th... value) until the target is met, so
     costly large values are tried only when needed, then binary-search the last gap.
     """
     if choice.search_param is None:
-        return Tuning({}, _index_recall(index, queries, truth), [])
+        return Tuning({}, _index_recall(index, queries, truth, query_ids), [])
     name, values = _candidates(choice)
     curve: dict[int, float] = {}
 
     def measure(i: int) -> float:
         if values[i] not in curve:
             set_search_param(index, {name: values[i]})
-            curve[values[i]] = _index_recall(index, queries, truth)
+            curve[values[i]] = _index_recall(index, queries, truth, query_ids)
         return curve[values[i]]
 
     lo, step, hi = -1, 1, 0

@@ -12,16 +12,22 @@ from dataclasses import dataclass, field
 
 __all__ = ["KINDS", "IndexChoice", "candidate_indexes", "parse_factory", "read_batch_rows", "select_index"]
 
-KINDS = ("flat", "hnsw", "ivf", "ivfsq", "ivfpq")
+KINDS = ("flat", "hnsw", "ivfsq", "ivf", "ivfpq")  # auto's order of preference
 # n*dim below this: one exact single-threaded search takes a few ms here (~3.5 G multiply-adds/s a core).
 FLAT_MAX_FLOPS = 10_000_000
 HNSW_M = 32
-HNSW_MAX_VECTORS = 5_000_000  # graph construction beyond this takes hours on a few cores
+# Graph construction costs ~10 min for 1M x 1024 on 2 cores, and measured there (bench/index.md) the graph
+# lost more recall on held-out queries than 8-bit inverted lists did, at 3x their memory: lists beyond this.
+HNSW_MAX_VECTORS = 500_000
 OPQ_MIN_VECTORS = 100_000  # OPQ's rotation pays for its training time only on large collections
+OPQ_TRAIN_MAX = 65_536  # FAISS's OPQMatrix.max_train_points
+OPQ_COPIES = 4
 COARSE_HNSW_MIN_LISTS = 8192  # from here a graph over the centroids beats scanning them all
 TRAIN_PER_LIST = 40  # k-means training points per inverted list (FAISS warns below 39)
 PQ_TRAIN_MIN = 256 * 40  # 8-bit PQ codebooks want ~40 points per centroid too
 BATCH_BYTES = 64 << 20  # vectors read from Parquet per batch
+READ_BUFFERS = 8  # a batch, its decoded row group and Arrow's allocator cache: measured ~0.5 GiB at 64 MiB
+RUNTIME_BYTES = 256 << 20  # Python, NumPy, Arrow and FAISS themselves, measured at ~250 MiB
 _ID_BYTES = 8
 
 _FACTORY = re.compile(
@@ -40,14 +46,15 @@ class IndexChoice:
     estimated_bytes: int  # the index in memory (≈ its file size)
     reason: str
     params: dict[str, int] = field(default_factory=dict)  # nlist, M, m, bits, opq; search params are tuned later
-    training_bytes: int = 0  # the training sample held while training (freed before vectors are added)
+    training_bytes: int = 0  # training: the sample, centroids, OPQ's copies (freed before vectors are added)
     batch_bytes: int = 0  # one batch of vectors read while adding
 
     @property
     def peak_bytes(self) -> int:
-        """Memory the build needs at its peak: training, or the whole index plus one batch."""
-        return max(self.training_bytes + self.params.get("nlist", 0) * self.params.get("dim", 0) * 4,
-                   self.estimated_bytes + self.batch_bytes)
+        """The build process's peak memory (RSS): the runtime, plus training or the whole index with its read
+        buffers. Storage is allocated once at its final size (build.py), so appends never double it."""
+        buffers = READ_BUFFERS * self.batch_bytes  # Arrow keeps them through training (measured)
+        return RUNTIME_BYTES + buffers + max(self.training_bytes, self.estimated_bytes)
 
     @property
     def search_param(self) -> str | None:
@@ -112,8 +119,13 @@ def parse_factory(factory: str, n: int, dim: int, reason: str = "") -> IndexChoi
         params["opq"] = int(g["opq"])
         est += dim * dim * 4
     choice = IndexChoice(kind, factory, est + n * code, reason, params, 0, batch)
-    return IndexChoice(kind, factory, choice.estimated_bytes, reason, params,
-                       min(n, choice.train_rows) * dim * 4, batch)
+    train_rows = min(n, choice.train_rows)
+    training = train_rows * dim * 4 + nlist * dim * 4  # the sample and the centroids
+    if kind != "ivf":  # codes are trained on residuals to the centroids: a second copy of the sample
+        training += train_rows * dim * 4
+    if g["opq"]:  # OPQ's rotation trains on <= 65,536 rows and holds ~4 more copies of them (measured)
+        training += OPQ_COPIES * min(train_rows, OPQ_TRAIN_MAX) * dim * 4
+    return IndexChoice(kind, factory, choice.estimated_bytes, reason, params, training, batch)
 
 
 def _nlist(n: int) -> int:
@@ -129,16 +141,15 @@ def _ivf_prefix(n: int, nlist: int) -> str:
 
 
 def _pq(n: int, dim: int, budget: int, nlist: int) -> IndexChoice | None:
-    """The richest PQ code (at most 128 bytes, at least 4 dimensions a sub-quantiser) whose build fits."""
-    opq_ok = n >= OPQ_MIN_VECTORS
+    """The richest PQ code (at most 128 bytes, at least 4 dimensions a sub-quantiser) whose build fits;
+    with an OPQ rotation in front when the collection is large and its training fits too."""
     for m in (128, 96, 64, 48, 32, 24, 16, 12, 8, 4):
         if dim % m or dim // m < 4:
             continue
-        opq = f"OPQ{m}_{dim}," if opq_ok else ""
-        factory = f"{opq}{_ivf_prefix(n, nlist)},PQ{m}x8"
-        choice = parse_factory(factory, n, dim)
-        if choice.peak_bytes <= budget:
-            return choice
+        for opq in ([f"OPQ{m}_{dim},"] if n >= OPQ_MIN_VECTORS else []) + [""]:
+            choice = parse_factory(f"{opq}{_ivf_prefix(n, nlist)},PQ{m}x8", n, dim)
+            if choice.peak_bytes <= budget:
+                return choice
     return None
 
 
@@ -163,13 +174,14 @@ def candidate_indexes(n: int, dim: int, budget_bytes: int) -> list[IndexChoice]:
     if n >= 1000:
         prefix = _ivf_prefix(n, nlist)
         ivf = parse_factory(f"{prefix},Flat", n, dim)
-        if ivf.peak_bytes <= budget_bytes:
-            out.append(_with_reason(ivf, f"{n} vectors: {nlist} inverted lists over full vectors "
-                                         f"({_mib(ivf.estimated_bytes)}); quick to build"))
         sq = parse_factory(f"{prefix},SQ8", n, dim)
         if sq.peak_bytes <= budget_bytes:
-            out.append(_with_reason(sq, f"full vectors ({_mib(ivf.estimated_bytes)}) exceed the budget: "
-                                        f"{nlist} inverted lists of 8-bit scalar codes ({_mib(sq.estimated_bytes)})"))
+            out.append(_with_reason(sq, f"{n} vectors: {nlist} inverted lists of 8-bit scalar codes "
+                                        f"({_mib(sq.estimated_bytes)}, a quarter of full vectors); scans 4x fewer "
+                                        "bytes a probe at nearly full-precision recall"))
+        if ivf.peak_bytes <= budget_bytes:
+            out.append(_with_reason(ivf, f"{n} vectors: {nlist} inverted lists over full vectors "
+                                         f"({_mib(ivf.estimated_bytes)}): exact distances within the lists"))
         pq = _pq(n, dim, budget_bytes, nlist)
         if pq is not None:
             out.append(_with_reason(pq, f"vectors do not fit even as 8-bit codes ({_mib(sq.estimated_bytes)}): "
@@ -213,8 +225,9 @@ def select_index(n: int, dim: int, budget_bytes: int, kind: str = "auto") -> Ind
         choice = parse_factory(kind, n, dim, "factory string, as given")
     if choice.peak_bytes > budget_bytes:
         raise ValueError(f"{choice.factory} over {n} x {dim} needs {_mib(choice.peak_bytes)} to build "
-                         f"({_mib(choice.estimated_bytes)} index + {_mib(choice.batch_bytes)} read batch); the "
-                         f"budget is {_mib(budget_bytes)}: raise --memory-budget or use --index-type auto")
+                         f"({_mib(choice.estimated_bytes)} index, {_mib(READ_BUFFERS * choice.batch_bytes)} read "
+                         f"buffers, {_mib(RUNTIME_BYTES)} runtime); the budget is {_mib(budget_bytes)}: "
+                         "raise --memory-budget or use --index-type auto")
     return choice
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import IndexBuildError
+from pipeline.errors import IndexBuildError, StoreError
 from pipeline.index import build, build_index, load_index
+from pipeline.index.score import single_thread
 from pipeline.records import Chunk
 from pipeline.search import search_vectors
 from pipeline.store import chunk_table, new_snapshot_dir, normalize_rows, write_table_atomic
@@ -75,17 +76,17 @@ def test_ann_indexes_are_tuned_to_the_target_recall(tmp_path: Path, kind: str, n
 
 def test_meta_records_the_choice_and_the_budget(tmp_path: Path) -> None:
     snap, _ = make_snapshot(tmp_path, 2000, 32)
-    report = build_index(snap, index_type="ivf", memory_budget_bytes=256 << 20, bm25=False)
+    report = build_index(snap, index_type="ivf", memory_budget_bytes=512 << 20, bm25=False)
     meta = json.loads((snap.index_dir / "meta.json").read_text())
     for key in ("kind", "factory", "reason", "search_param", "recall_at_10", "latency_p50_ms", "latency_p95_ms",
                 "memory_budget_bytes", "estimated_bytes", "index_bytes", "peak_rss_bytes", "seconds"):
         assert key in meta, key
-    assert meta["memory_budget_bytes"] == 256 << 20
+    assert meta["memory_budget_bytes"] == 512 << 20
     assert meta["factory"] == report.factory == f"IVF{report.search_param and meta['factory'][3:].split(',')[0]},Flat"
     assert abs(report.index_bytes - report.estimated_bytes) < 0.2 * report.index_bytes + 65536
 
 
-def test_build_streams_batches_in_two_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_streams_in_batches_and_never_holds_the_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One row group holding everything, read in 256-row batches: no pass may see more than a batch.
     snap, matrix = make_snapshot(tmp_path, 2000, 32, row_group_size=1_000_000)
     passes: list[list[int]] = []
@@ -100,10 +101,31 @@ def test_build_streams_batches_in_two_passes(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(build, "iter_vector_batches", counting)
     added: list[int] = []
     report = build_index(snap, index_type="ivf", batch_rows=256, progress=added.append, bm25=False)
-    assert len(passes) == 2  # sample (train + recall queries), then add (+ exact search for the queries)
+    # sample (train + recall queries); assign to lists (+ exact search for the queries); add into sized lists
+    assert len(passes) == 3 and set(report.seconds) >= {"sample", "train", "assign", "add"}
     assert all(max(p) <= 256 and sum(p) == 2000 for p in passes)
-    assert added == passes[1]
+    assert added == passes[2]
     assert report.recall_at_10 >= 0.95
+    passes.clear()
+    build_index(snap, index_type="hnsw", batch_rows=500, bm25=False)
+    assert [sum(p) for p in passes] == [2000, 2000] and max(max(p) for p in passes) <= 500  # sample, add
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,SQ8", "RR16,IVF16,PQ4x4", "IVF32_HNSW32,Flat",
+                                     "HNSW16,Flat", "Flat"])
+def test_storage_sized_up_front_searches_like_a_plain_add(tmp_path: Path, factory: str) -> None:
+    snap, matrix = make_snapshot(tmp_path, 2000, 16)
+    built = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    with single_thread():  # an OpenMP team on a busy 2-core machine costs more than it saves on this size
+        built.train(matrix)
+        plain = faiss.clone_index(built)
+        plain.add(matrix)
+        added: list[int] = []
+        build._add_all(built, snap.vectors_path, 300, 2000, None, added.append, build._Timer())
+    assert built.ntotal == plain.ntotal == 2000 and sum(added) == 2000
+    d1, i1 = built.search(matrix[:50], 5)
+    d2, i2 = plain.search(matrix[:50], 5)
+    assert (i1 == i2).mean() > 0.99 and np.allclose(d1, d2, atol=1e-4)
 
 
 def test_budget_too_small_is_a_clear_error(tmp_path: Path) -> None:
@@ -121,7 +143,20 @@ def test_too_few_vectors_to_train(tmp_path: Path) -> None:
 def test_rows_copy_keeps_row_order_and_metadata(tmp_path: Path) -> None:
     snap, _ = make_snapshot(tmp_path, 500, row_group_size=100)
     build_index(snap, bm25=False)
-    rows = pq.read_table(snap.index_dir / "rows.parquet")
+    rows = build.read_index_rows(snap.index_dir)  # memory-mapped Arrow IPC
     assert rows.column("chunk_id").to_pylist() == [f"d{i}:0" for i in range(500)]
     assert "vector" not in rows.column_names
     assert b"pipeline" in (rows.schema.metadata or {})
+
+
+def test_indexes_built_with_rows_parquet_still_load(tmp_path: Path) -> None:
+    snap, matrix = make_snapshot(tmp_path, 300)
+    build_index(snap, bm25=False)
+    rows = build.read_index_rows(snap.index_dir)
+    (snap.index_dir / "rows.arrow").unlink()
+    pq.write_table(rows, snap.index_dir / "rows.parquet")
+    index, again, _ = load_index(snap)
+    assert again.column("chunk_id").to_pylist() == rows.column("chunk_id").to_pylist()
+    (snap.index_dir / "rows.parquet").unlink()
+    with pytest.raises(StoreError, match="rows"):
+        load_index(snap)

@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.index.score import (
     ExactTopK,
+    drop_self,
     latency_ms,
     recall_at_k,
     set_search_param,
@@ -96,3 +97,21 @@ def test_exact_index_needs_no_tuning_and_latency_is_measured() -> None:
     p50, p95 = latency_ms(index, data[:20], 10)
     assert 0 < p50 <= p95
     assert faiss.omp_get_max_threads() >= 1  # single_thread() restored the thread count
+
+
+def test_drop_self_leaves_out_the_query_itself() -> None:
+    ids = np.array([[7, 1, 2], [3, 9, 4], [5, 6, -1]])
+    assert drop_self(ids, np.array([7, 9, 8]), 2).tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_self_matches_do_not_flatter_tuned_recall() -> None:
+    data = _data()
+    qids = np.arange(0, 3000, 30)
+    queries = data[qids]
+    _, truth = faiss.knn(queries, data, 11, metric=faiss.METRIC_INNER_PRODUCT)
+    index = _ivf(data)
+    choice = parse_factory("IVF64,Flat", len(data), 32)
+    set_search_param(index, {"nprobe": 1})
+    with_self = tune_search_param(index, choice, queries, truth[:, :10], 2.0)  # unreachable: see the curve
+    without = tune_search_param(index, choice, queries, truth, 2.0, query_ids=qids)
+    assert dict(without.curve)[1] < dict(with_self.curve)[1]

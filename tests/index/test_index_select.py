@@ -12,12 +12,12 @@ MiB = 2**20
     (40_000, 384, GiB, "hnsw"),
     (50_000, 1024, GiB, "hnsw"),
     (200_000, 1024, 4 * GiB, "hnsw"),
-    (1_000_000, 1024, 8 * GiB, "hnsw"),
-    (1_000_000, 1024, 4 * GiB, "ivf"),  # HNSW's links no longer fit; full vectors still do
+    (200_000, 1024, int(1.5 * GiB), "ivfsq"),  # the graph and its full vectors do not fit
+    (1_000_000, 1024, 8 * GiB, "ivfsq"),  # beyond the graph's size limit: 8-bit lists (bench/index.md)
     (1_000_000, 1024, 2 * GiB, "ivfsq"),
-    (1_000_000, 1024, 1 * GiB, "ivfpq"),
-    (10_000_000, 1024, 16 * GiB, "ivfsq"),  # beyond the graph's size limit
-    (10_000_000, 2560, 4 * GiB, "ivfpq"),
+    (1_000_000, 1024, int(1.5 * GiB), "ivfpq"),
+    (10_000_000, 1024, 16 * GiB, "ivfsq"),
+    (10_000_000, 2560, 8 * GiB, "ivfpq"),
 ])
 def test_auto_choice_follows_size_and_budget(n: int, dim: int, budget: int, kind: str) -> None:
     choice = select_index(n, dim, budget)
@@ -32,13 +32,13 @@ def test_candidates_fit_and_are_ranked(n: int, budget: int) -> None:
     ranked = candidate_indexes(n, 768, budget)
     assert all(c.peak_bytes <= budget for c in ranked)
     order = [KINDS.index(c.kind) for c in ranked]
-    assert order == sorted(order)  # flat, hnsw, ivf, ivfsq, ivfpq: exact and full-precision first
+    assert order == sorted(order)  # flat, hnsw, ivfsq, ivf, ivfpq
     if ranked:
         assert select_index(n, 768, budget) == ranked[0]
 
 
 def test_more_budget_never_gives_a_smaller_index() -> None:
-    sizes = [select_index(1_000_000, 1024, b * GiB).estimated_bytes for b in (1, 2, 4, 8)]
+    sizes = [select_index(1_000_000, 1024, int(b * GiB)).estimated_bytes for b in (1.5, 2, 4, 8)]
     assert sizes == sorted(sizes)
 
 
@@ -74,7 +74,11 @@ def test_memory_estimates_match_the_bytes_per_vector() -> None:
 
 def test_training_memory_counts() -> None:
     ivf = parse_factory("IVF1024,Flat", 1_000_000, 1024)
-    assert ivf.train_rows == 1024 * 40 and ivf.training_bytes == 1024 * 40 * 1024 * 4
+    assert ivf.train_rows == 1024 * 40 and ivf.training_bytes == (1024 * 40 + 1024) * 1024 * 4  # sample, centroids
+    sample = 40_960 * 1024 * 4
+    assert parse_factory("IVF1024,SQ8", 1_000_000, 1024).training_bytes == ivf.training_bytes + sample  # residuals
+    opq = parse_factory("OPQ64_1024,IVF1024,PQ64x8", 1_000_000, 1024)
+    assert opq.training_bytes == ivf.training_bytes + sample + 4 * sample  # + OPQ's working copies
     assert parse_factory("IVF16,PQ8x8", 1_000_000, 64).train_rows >= 256 * 39  # PQ codebooks want more
     assert parse_factory("HNSW32", 1000, 64).train_rows == 0
 
@@ -101,10 +105,12 @@ def test_nlist_leaves_enough_training_points() -> None:
     assert select_index(10_000_000, 64, 8 * GiB, "ivf").factory.startswith("IVF8192_HNSW32,")
 
 
-def test_large_collections_get_opq() -> None:
-    pq = select_index(1_000_000, 1024, GiB)
-    assert pq.factory.startswith("OPQ") and f"PQ{pq.params['m']}x8" in pq.factory
-    assert not select_index(50_000, 1024, 256 * MiB, "ivfpq").factory.startswith("OPQ")
+def test_large_collections_get_opq_when_its_training_fits() -> None:
+    pq = select_index(1_000_000, 1024, 4 * GiB, "ivfpq")
+    assert pq.factory == "OPQ128_1024,IVF2048,PQ128x8"
+    tight = select_index(1_000_000, 1024, int(1.5 * GiB))  # OPQ's training copies would not fit: plain PQ
+    assert tight.kind == "ivfpq" and tight.factory == "IVF2048,PQ128x8"
+    assert not select_index(50_000, 1024, GiB, "ivfpq").factory.startswith("OPQ")
 
 
 def test_impossible_budget_names_the_numbers_and_a_remedy() -> None:
