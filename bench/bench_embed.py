@@ -3,7 +3,7 @@
 Bench-only. Each run starts the emulator in its own process, runs the CLI with a fresh cache, checks that
 every chunk holds exactly the emulator's vector once, and accounts the machine's CPU (ours, the emulator's,
 everyone else's). Also simulates the scheduler alone (no CPU work) against the same server rules.
-Usage: .venv/bin/python bench/bench_embed.py [--profiles P1,P2,P3] [--naive-passages N] [--store-fix]
+Usage: .venv/bin/python bench/bench_embed.py [--profiles P1,P2,P3] [--naive-passages N]
 Results: printed as Markdown, raw rows in WORK/embed-results.json; bench/embed.md is written by hand from them.
 """
 
@@ -70,35 +70,6 @@ CASES = {
                ("--batch-size", "100")),
 }
 
-# The CLI with store.write_table_atomic writing the float vectors without dictionary encoding: a fix we
-# propose to store.py's owner; run with --store-fix to measure what it would change.
-_STORE_FIX = '''
-import contextlib, os, sys, uuid
-import pyarrow.parquet as pq
-import pipeline.store as store
-
-def write_table_atomic(table, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        plain = [f.name for f in table.schema if f.name != "vector"]
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=plain, write_statistics=plain)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-store.write_table_atomic = write_table_atomic
-import pipeline.api
-pipeline.api.write_table_atomic = write_table_atomic
-from pipeline.cli import main
-sys.argv[0] = "pipeline"
-main()
-'''
-
-
 def _expected_chunks(model: str, corpus: Path, cache: dict[tuple[str, Path], list[str]]) -> list[str]:
     if (model, corpus) not in cache:
         config = load_config(None, env={"GIGACHAT_CREDENTIALS": "x"}, model=model, corpus=corpus)
@@ -148,9 +119,6 @@ def run_case(case: Case, corpus: Path, work: Path, *, variant: str, index: bool,
     config = root / "run.toml"
     config.write_text(f"[embedding]\nconcurrency = {1 if variant == 'naive' else 8}\n", encoding="utf-8")
     cli = ["-m", "pipeline"]
-    if variant == "store-fix":
-        (root / "cli.py").write_text(_STORE_FIX, encoding="utf-8")
-        cli = [str(root / "cli.py")]
     with start_emulator_process(case.profile) as emu:
         emulator = _emulator_process()
         env = {**os.environ, "GIGACHAT_BASE_URL": emu.base_url, "GIGACHAT_AUTH_URL": emu.auth_url,
@@ -283,7 +251,6 @@ def main() -> None:
     parser.add_argument("--naive-passages", type=int, default=20_000,
                         help="passages for the naive baseline (slow; its texts/s hardly depends on size)")
     parser.add_argument("--no-naive", action="store_true")
-    parser.add_argument("--store-fix", action="store_true", help="also run ours with the proposed store fix")
     parser.add_argument("--no-simulate", action="store_true")
     parser.add_argument("--index", action="store_true", help="also build the index (skipped by default)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pipeline-bench-embed"))
@@ -301,8 +268,6 @@ def main() -> None:
     for name in args.profiles.split(","):
         case = CASES[name]
         rows.append(run_case(case, corpus, args.work, variant="ours", index=args.index, expected=expected))
-        if args.store_fix:
-            rows.append(run_case(case, corpus, args.work, variant="store-fix", index=args.index, expected=expected))
         if not args.no_naive:
             rows.append(run_case(case, naive_corpus, args.work, variant="naive", index=args.index, expected=expected))
         if not args.no_simulate:

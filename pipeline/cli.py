@@ -44,6 +44,17 @@ def _config(config_path: Path | None, *, exact_tokens: bool = False, **overrides
     return config
 
 
+def _with_index_options(config: Config, index_type: str | None, memory_budget: str | None) -> Config:
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {}
+    if index_type:
+        changes["index_type"] = index_type
+    if memory_budget:
+        changes["memory_budget_bytes"] = parse_size(memory_budget, what="--memory-budget")
+    return config.with_overrides(index=replace(config.index, **changes))
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -161,15 +172,8 @@ def reindex(**options: Any) -> None:
 def index(config_path: Path | None, out_dir: Path | None, index_type: str | None, memory_budget: str | None,
           as_json: bool) -> None:
     """(Re)build the FAISS index from the Parquet vectors of the live snapshot."""
-    from dataclasses import replace
-
     config = _config(config_path, out_dir=out_dir)
-    changes: dict[str, Any] = {}
-    if index_type:
-        changes["index_type"] = index_type
-    if memory_budget:
-        changes["memory_budget_bytes"] = parse_size(memory_budget, what="--memory-budget")
-    config = config.with_overrides(index=replace(config.index, **changes))
+    config = _with_index_options(config, index_type, memory_budget)
     report = api.build_index_for(config, progress=_progress_bars(not as_json))
     if as_json:
         _print_json(asdict(report))
@@ -309,15 +313,9 @@ def eval_command(dataset: Path, config_path: Path | None, model: str | None, out
     documents. Reports recall@1, recall@K, MRR@K and nDCG@K for exact search, the chosen index, BM25
     and hybrid (index + BM25), and the index's recall@10 against exact search on the dataset's queries.
     """
-    from dataclasses import replace
 
     config = _config(config_path, model=model, out_dir=out_dir)
-    changes: dict[str, Any] = {}
-    if index_type:
-        changes["index_type"] = index_type
-    if memory_budget:
-        changes["memory_budget_bytes"] = parse_size(memory_budget, what="--memory-budget")
-    config = config.with_overrides(index=replace(config.index, **changes))
+    config = _with_index_options(config, index_type, memory_budget)
     report = api.evaluate(config, dataset, work_dir=work_dir, k=k, progress=_progress_bars(progress and not as_json))
     if as_json:
         _print_json(asdict(report))
