@@ -313,7 +313,6 @@ def eval_command(dataset: Path, config_path: Path | None, model: str | None, out
     documents. Reports recall@1, recall@K, MRR@K and nDCG@K for exact search, the chosen index, BM25
     and hybrid (index + BM25), and the index's recall@10 against exact search on the dataset's queries.
     """
-
     config = _config(config_path, model=model, out_dir=out_dir)
     config = _with_index_options(config, index_type, memory_budget)
     report = api.evaluate(config, dataset, work_dir=work_dir, k=k, progress=_progress_bars(progress and not as_json))
