@@ -200,7 +200,8 @@ class _SimProvider:
         self.spec = ModelSpec(name="sim", provider="sim", kind="embed", max_input_tokens=512, dimension=4,
                               max_batch_texts=max_batch_texts)
 
-    async def embed_batch(self, texts: list[str], *, is_query: bool = False) -> np.ndarray:
+    async def embed_batch(self, texts: list[str], *, is_query: bool = False,
+                          on_received: Any = None) -> np.ndarray:
         await self.server.call(len(texts))
         return np.ones((len(texts), 4), np.float32)
 

@@ -28,7 +28,7 @@ from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError,
 from .evaluate import EvalReport
 from .evaluate import evaluate as run_evaluation
 from .filters import SearchFilter
-from .incremental import CorpusDiff, diff_corpus, merge_tables
+from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
 from .index import IndexReport, build_index, load_index
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
@@ -258,27 +258,29 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
                 f"({fingerprint_id(fp)}). Use --new-index to build beside it, or --out another directory")
 
         sources = SourceReport()
-        with _image_describer(config) as describe:
-            diff = diff_corpus(iter_documents(config.corpus, sources, describe),
-                               prev_manifest["documents"] if prev_manifest else None)
-        report.files, report.documents = sources.files, sources.documents
-        report.skipped, report.warnings = dict(sources.skipped), sources.warnings
-        report.diff = diff.counts()
-        cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
+        diff = CorpusDiff()
+        cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension, normalize=spec.normalize)
         new_chunks: list[Chunk] = []
         todo: dict[str, EmbedItem] = {}
 
         def chunked() -> None:
             report.chunk_seconds = time.perf_counter() - started
 
-        # Chunking feeds the embedder as it goes (the embedder drains it in a thread), so the first
-        # requests leave with the first chunks instead of after the whole corpus is chunked.
-        missing = _missing_items(diff.to_chunk, settings, counter, cache, new_chunks, todo,
-                                 progress("chunk", len(diff.to_chunk)), chunked)
-        first = next(missing, None)
-        stats = EmbedStats()
-        if first is not None:
-            stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache, progress))
+        with _image_describer(config) as describe:
+            # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
+            # the first requests leave with the first file instead of after the whole corpus is read.
+            to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
+                                   prev_manifest["documents"] if prev_manifest else None, diff)
+            missing = _missing_items(to_chunk, settings, counter, cache, new_chunks, todo,
+                                     progress("chunk", None), chunked)
+            first = next(missing, None)
+            stats = EmbedStats()
+            if first is not None:
+                stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache,
+                                                   progress))
+        report.files, report.documents = sources.files, sources.documents
+        report.skipped, report.warnings = dict(sources.skipped), sources.warnings
+        report.diff = diff.counts()
         report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
         report.embedded = stats.texts
         report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
@@ -340,7 +342,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
     diff = diff_corpus(iter_documents(config.corpus, sources), manifest["documents"] if manifest else None)
     if sources.skipped:
         result.notes.append(f"skipped files (not planned): {dict(sources.skipped)}")
-    cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension)
+    cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension, normalize=spec.normalize)
     chunks: list[Chunk] = []
     todo: dict[str, EmbedItem] = {}
     for _ in _missing_items(diff.to_chunk, settings, counter, cache, chunks, todo, lambda n: None, lambda: None):
@@ -357,7 +359,7 @@ def _row_count(snap: Snapshot) -> int:
     return int(pq.ParquetFile(snap.vectors_path).metadata.num_rows)
 
 
-def _missing_items(docs: list[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
+def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
                    chunks: list[Chunk], todo: dict[str, EmbedItem], advance: Callable[[int], None],
                    done: Callable[[], None]) -> Iterator[EmbedItem]:
     """Chunk `docs` into `chunks`; yield (and note in `todo`) each content hash neither cached nor yielded."""
@@ -395,9 +397,7 @@ def _write_snapshot(config: Config, spec: ModelSpec, fp: dict[str, Any], diff: C
 
     prev_docs: dict[str, Any] = prev_manifest["documents"] if prev_manifest else {}
     done = [c for c in new_chunks if c.doc_id not in failed_docs]
-    matrix = cache.get_many([c.content_hash for c in done]) if done else np.zeros((0, spec.dimension), np.float32)
-    if spec.normalize:
-        normalize_rows(matrix)
+    matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
     meta = {"model": spec.name, "dimension": spec.dimension, "normalize": spec.normalize,
             "fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "created_at": _now_iso()}
     keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]

@@ -24,7 +24,7 @@ from .providers.base import EmbeddingProvider
 from .ratelimit import BatchSizer, RequestPacer
 from .records import ModelSpec
 
-__all__ = ["AdaptiveConcurrency", "EmbedItem", "EmbedStats", "embed_items", "plan_batches"]
+__all__ = ["AdaptiveConcurrency", "EmbedItem", "EmbedStats", "Slot", "embed_items", "plan_batches"]
 
 log = logging.getLogger("pipeline.embedding")
 
@@ -95,18 +95,26 @@ class AdaptiveConcurrency:
         self.in_flight = 0
         self.grow_after = grow_after
         self._clean = 0
-        self._cond = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def __aenter__(self) -> AdaptiveConcurrency:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
-        return self
+    async def acquire(self) -> Slot:
+        """Wait for a free slot; the returned Slot gives it back once, whoever calls release() first."""
+        while self.in_flight >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        self.in_flight += 1
+        return Slot(self)
 
-    async def __aexit__(self, *exc: object) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, deque()  # each re-checks the limit when it runs
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def throttled(self) -> None:
         self._clean = 0
@@ -117,6 +125,19 @@ class AdaptiveConcurrency:
         if self._clean >= self.grow_after and self.limit < self.max_limit:
             self._clean = 0
             self.limit += 1
+            self._wake()
+
+
+class Slot:
+    """One in-flight request's place; released when the response is in hand, before it is decoded."""
+
+    def __init__(self, owner: AdaptiveConcurrency) -> None:
+        self._owner: AdaptiveConcurrency | None = owner
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._release()
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -319,7 +340,8 @@ class _Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
-        async with self.concurrency:
+        slot = await self.concurrency.acquire()
+        try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
                 raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)
             probe = await self._await_probe()
@@ -332,7 +354,8 @@ class _Run:
                 await self._pace(sum(item.tokens for item in batch))
                 sent_at = time.monotonic()
                 self.stats.requests += 1
-                matrix = await self.provider.embed_batch(texts)
+                # The slot frees as soon as the body is in: the server is done, decoding is ours.
+                matrix = await self.provider.embed_batch(texts, on_received=slot.release)
                 if matrix.shape != (len(texts), self.spec.dimension):
                     raise BadResponseError(f"expected {len(texts)} vectors of {self.spec.dimension} dims, got "
                                            f"shape {tuple(matrix.shape)}", provider=self.provider.name,
@@ -360,6 +383,8 @@ class _Run:
                 if probe:
                     self._probing = False
                     self._wake()
+        finally:
+            slot.release()
 
     async def _await_probe(self) -> bool:
         """While a 413-taught batch size is unproven, one request tests it and the others wait for it.

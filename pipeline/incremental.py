@@ -5,7 +5,7 @@ Pure over Documents and Arrow tables; decides what to chunk and embed, never cal
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from .records import Document
 
-__all__ = ["CorpusDiff", "diff_corpus", "merge_tables"]
+__all__ = ["CorpusDiff", "diff_corpus", "diff_stream", "merge_tables"]
 
 
 @dataclass
@@ -43,8 +43,19 @@ def diff_corpus(docs: Iterable[Document], previous: Mapping[str, Mapping[str, An
 
     A document the previous run could not embed is absent from `previous`, so it counts as added.
     """
-    previous = previous or {}
     diff = CorpusDiff()
+    for _ in diff_stream(docs, previous, diff):
+        pass
+    return diff
+
+
+def diff_stream(docs: Iterable[Document], previous: Mapping[str, Mapping[str, Any]] | None,
+                diff: CorpusDiff) -> Iterator[Document]:
+    """diff_corpus as it reads: yields each added or changed document at once; `diff` is whole at the end.
+
+    So chunking and embedding start with the first file instead of after the whole corpus is read.
+    """
+    previous = previous or {}
     for doc in docs:
         diff.order[doc.doc_id] = len(diff.order)
         diff.hashes[doc.doc_id] = doc.content_hash
@@ -55,8 +66,9 @@ def diff_corpus(docs: Iterable[Document], previous: Mapping[str, Mapping[str, An
             diff.changed.append(doc)
         else:
             diff.unchanged.append(doc.doc_id)
+            continue
+        yield doc
     diff.deleted = sorted(set(previous) - set(diff.order))
-    return diff
 
 
 def merge_tables(old: pa.Table | None, keep_docs: Iterable[str], new: pa.Table | None,
@@ -71,9 +83,11 @@ def merge_tables(old: pa.Table | None, keep_docs: Iterable[str], new: pa.Table |
     if not parts:
         raise ValueError("nothing to merge")
     parts = [p.replace_schema_metadata(None) for p in parts]
-    merged = pa.concat_tables(parts).combine_chunks()
+    merged = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     doc_pos = np.fromiter((order[d] for d in merged.column("doc_id").to_pylist()), dtype=np.int64,
                           count=merged.num_rows)
     chunk_pos = merged.column("chunk_index").to_numpy()
     perm = np.lexsort((chunk_pos, doc_pos))
-    return merged.take(pa.array(perm))
+    if np.array_equal(perm, np.arange(len(perm))):  # a fresh build comes in order: no copy of the vectors
+        return merged
+    return merged.take(pa.array(perm)).combine_chunks()

@@ -102,9 +102,11 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         # Dictionaries and min/max statistics of float vectors cost 4x the write time and 50% more bytes
-        # for nothing: keep them for the row columns only.
+        # for nothing, and zstd saves them 7 % for a third more time: keep all three for the row columns.
         plain = [f.name for f in table.schema if not pa.types.is_fixed_size_list(f.type)]
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=plain, write_statistics=plain)
+        codecs = {name: "zstd" for name in plain} | {f"{f.name}.list.element": "none" for f in table.schema
+                                                       if pa.types.is_fixed_size_list(f.type)}
+        pq.write_table(table, tmp, compression=codecs, use_dictionary=plain, write_statistics=plain)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -230,14 +232,17 @@ class VectorCache:
     """Raw vectors by content hash for one model fingerprint, in append-only Parquet parts.
 
     Each flush is one part file written atomically, so a crash loses at most the unflushed rows and a
-    rerun embeds only what no part holds. Reused across runs and corpora.
+    rerun embeds only what no part holds. Reused across runs and corpora. With normalize=True the
+    files stay raw but reads give unit rows, normalised as each block arrives (in the writer's thread).
     """
 
-    def __init__(self, root: Path, key: str, dimension: int) -> None:
+    def __init__(self, root: Path, key: str, dimension: int, *, normalize: bool = False) -> None:
         self.dir = root / "vectors" / key
         self.dimension = dimension
+        self.normalize = normalize
         self._rows: dict[str, int] = {}
         self._blocks: list[np.ndarray] = []
+        self._starts: list[int] = []  # first row of each block
         self._size = 0
         self._lock = threading.Lock()  # put() runs in worker threads while the loop reads
         self._load()
@@ -258,8 +263,12 @@ class VectorCache:
             self._add(hashes, matrix)
 
     def _add(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
+        block = np.array(matrix, dtype=np.float32)  # a copy: the caller's matrix stays raw
+        if self.normalize:
+            normalize_rows(block)
         base = self._size
-        self._blocks.append(np.asarray(matrix, dtype=np.float32))
+        self._blocks.append(block)
+        self._starts.append(base)
         self._size += len(hashes)
         for i, h in enumerate(hashes):
             self._rows[h] = base + i
@@ -271,14 +280,21 @@ class VectorCache:
         return content_hash in self._rows
 
     def get_many(self, hashes: Sequence[str]) -> np.ndarray:
-        """Vectors for hashes that are all present, in the given order."""
+        """Vectors for hashes that are all present, in the given order (a new matrix)."""
+        out = np.empty((len(hashes), self.dimension), np.float32)
         with self._lock:
-            if len(self._blocks) > 1:
-                self._blocks = [np.concatenate(self._blocks)]
-            if not self._blocks:
-                return np.zeros((0, self.dimension), np.float32)
             rows = np.fromiter((self._rows[h] for h in hashes), dtype=np.int64, count=len(hashes))
-            return self._blocks[0][rows]
+            starts = np.asarray(self._starts, dtype=np.int64)
+            blocks = list(self._blocks)
+        # Filled block by block: one pass over the output instead of concatenating every block first.
+        which = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(blocks) + 1))
+        for b, block in enumerate(blocks):
+            picked = order[bounds[b]:bounds[b + 1]]
+            if len(picked):
+                out[picked] = block[rows[picked] - starts[b]]
+        return out
 
     def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
         """Persist a block of vectors (one atomic part file), then make them visible."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class FakeProvider:
         seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
         return np.random.default_rng(seed).normal(size=dim).astype(np.float32) * 7
 
-    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False,
+                          on_received: Callable[[], None] | None = None) -> np.ndarray:
         self.batches.append(list(texts))
         if self.fail_text is not None and any(self.fail_text in t for t in texts):
             raise (self.error or ProviderError)("always fails", provider="fake", endpoint="embeddings")

@@ -85,7 +85,7 @@ def test_exhausted_attempts_record_failure_with_reason(fake_spec: ModelSpec) -> 
 
 def test_too_large_batch_is_halved_then_long_text_split(fake_spec: ModelSpec) -> None:
     class Picky(FakeProvider):
-        async def embed_batch(self, texts, *, is_query=False):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
             if len(texts) > 1 and any("long" in t for t in texts) or any(len(t) > 20 for t in texts):
                 self.batches.append(list(texts))
                 raise RequestTooLargeError("too long", provider="fake")
@@ -100,7 +100,7 @@ def test_too_large_batch_is_halved_then_long_text_split(fake_spec: ModelSpec) ->
 
 def test_wrong_shape_from_provider_is_an_error_not_a_row(fake_spec: ModelSpec) -> None:
     class Short(FakeProvider):
-        async def embed_batch(self, texts, *, is_query=False):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
             return (await super().embed_batch(texts))[:-1]
 
     stats, got = _run(Short(fake_spec), _items(4), EmbeddingConfig(max_attempts=2))
@@ -121,8 +121,11 @@ def test_adaptive_concurrency_shrinks_and_grows() -> None:
         for _ in range(100):
             limiter.succeeded()
         assert limiter.limit == 8
-        async with limiter:
-            assert limiter.in_flight == 1
+        slot = await limiter.acquire()
+        assert limiter.in_flight == 1
+        slot.release()
+        slot.release()  # released once, however many times it is called
+        assert limiter.in_flight == 0
 
     asyncio.run(go())
 
@@ -132,7 +135,7 @@ def test_in_flight_never_exceeds_concurrency(fake_spec: ModelSpec) -> None:
     current = 0
 
     class Slow(FakeProvider):
-        async def embed_batch(self, texts, *, is_query=False):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
             nonlocal peak, current
             current += 1
             peak = max(peak, current)
@@ -142,6 +145,29 @@ def test_in_flight_never_exceeds_concurrency(fake_spec: ModelSpec) -> None:
 
     _run(Slow(fake_spec), _items(60), EmbeddingConfig(concurrency=3))
     assert peak == 3
+
+
+def test_slot_is_freed_when_the_response_arrives_not_after_decoding(fake_spec: ModelSpec) -> None:
+    at_server = peak_server = decoding = peak_total = 0
+
+    class SlowDecode(FakeProvider):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
+            nonlocal at_server, peak_server, decoding, peak_total
+            at_server += 1
+            peak_server = max(peak_server, at_server)
+            peak_total = max(peak_total, at_server + decoding)
+            await asyncio.sleep(0.005)  # the server's latency
+            at_server -= 1
+            decoding += 1
+            on_received()
+            await asyncio.sleep(0.01)  # decoding a big body, in a thread: the server is not involved
+            decoding -= 1
+            return await super().embed_batch(texts)
+
+    stats, got = _run(SlowDecode(fake_spec), _items(80), EmbeddingConfig(concurrency=3, batch_size=2))
+    assert len(got) == 80 and not stats.failed
+    assert peak_server == 3  # never more than the limit at the server...
+    assert peak_total > 3  # ...while earlier responses were still being decoded
 
 
 # -- the scheduler's policies (pure) and its feed

@@ -77,6 +77,23 @@ def test_snapshots_publish_atomically_and_old_ones_are_pruned(tmp_path: Path) ->
     assert left == sorted(made[-2:])
 
 
+def test_cache_gathers_across_blocks_and_normalises_in_memory_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=(50, 4)).astype(np.float32) * 5
+    raw[7] = 0  # a zero row stays zero
+    keys = [f"k{i}" for i in range(50)]
+    unit = VectorCache(tmp_path, "m", 4, normalize=True)
+    for a, b in ((0, 13), (13, 14), (14, 40), (40, 50)):
+        unit.put(keys[a:b], raw[a:b])
+    pick = [int(i) for i in rng.permutation(50)[:30]] + [7, 7]
+    got = unit.get_many([keys[i] for i in pick])
+    norms = np.linalg.norm(raw[pick], axis=1, keepdims=True)
+    np.testing.assert_allclose(got, np.divide(raw[pick], norms, where=norms > 0, out=np.zeros_like(got)), atol=1e-6)
+    files = VectorCache(tmp_path, "m", 4)  # the part files hold the service's raw vectors
+    np.testing.assert_array_equal(files.get_many([keys[i] for i in pick]), raw[pick])
+    assert unit.get_many([]).shape == (0, 4)
+
+
 def test_cache_persists_across_instances_and_ignores_other_dimensions(tmp_path: Path) -> None:
     cache = VectorCache(tmp_path, "model-a", 3)
     cache.put(["a", "b"], np.array([[1, 2, 3], [4, 5, 6]], np.float32))

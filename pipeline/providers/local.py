@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -57,7 +57,9 @@ class LocalE5Provider:
             out = _engine().encode(clean, is_query)
         return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.spec.dimension)
 
-    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False,
+                          on_received: Callable[[], None] | None = None) -> np.ndarray:
+        # A local model has no response to wait for: its slot is the computation itself.
         return await asyncio.to_thread(self.embed_sync, texts, is_query=is_query)
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,9 @@ from . import _wire
 __all__ = ["DEFAULT_EXPIRY_BUFFER_MS", "Token", "TokenManager", "TokenRequest"]
 
 DEFAULT_EXPIRY_BUFFER_MS = 60_000  # GIGACHAT_TOKEN_EXPIRY_BUFFER_MS default in Sber's SDK
+EXPIRY_SAFETY_MS = 5_000  # a stale token is still sent (while its refresh runs) until this close to expiry
+
+log = logging.getLogger("pipeline.providers.gigachat")
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +64,8 @@ class TokenManager:
         self._lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
         self._alock_loop: asyncio.AbstractEventLoop | None = None
+        self._ahead: asyncio.Task[None] | None = None
+        self._ahead_not_before = 0.0  # after a failed refresh ahead, the next waits a second
         self.refreshes = 0  # token requests sent, for diagnostics and tests
 
     @property
@@ -162,10 +168,19 @@ class TokenManager:
             return self.accept(request, fetch(request))
 
     async def atoken(self, fetch: Callable[[TokenRequest], Awaitable[_wire.RawResponse]]) -> Token:
-        """As token(), for the event loop: concurrent callers wait for one refresh."""
+        """As token(), for the event loop: concurrent callers wait for one refresh.
+
+        Refreshes ahead: once a token is due for renewal but still some seconds from expiry, callers
+        keep using it while one background task fetches the next, so a long run never stalls on it.
+        """
         token = self.current()
         if token is not None:
             return token
+        stale = self._token
+        if stale is not None and self._clock() * 1000 < stale.expires_at_ms - EXPIRY_SAFETY_MS:
+            if (self._ahead is None or self._ahead.done()) and self._clock() >= self._ahead_not_before:
+                self._ahead = asyncio.create_task(self._refresh_ahead(fetch))
+            return stale
         async with self._async_lock():
             token = self.current()
             if token is not None:
@@ -173,6 +188,17 @@ class TokenManager:
             request = self.token_request()
             self.refreshes += 1
             return self.accept(request, await fetch(request))
+
+    async def _refresh_ahead(self, fetch: Callable[[TokenRequest], Awaitable[_wire.RawResponse]]) -> None:
+        try:
+            async with self._async_lock():
+                if self.current() is None:
+                    request = self.token_request()
+                    self.refreshes += 1
+                    self.accept(request, await fetch(request))
+        except Exception as e:  # the old token still works: the next caller past its expiry retries in line
+            self._ahead_not_before = self._clock() + 1.0
+            log.warning("refreshing the access token ahead of expiry failed: %s", e)
 
     def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()

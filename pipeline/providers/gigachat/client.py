@@ -11,7 +11,7 @@ import mimetypes
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -447,14 +447,19 @@ class AsyncGigaChatClient(_ClientCore):
         req = _wire.model_request(name)
         return _wire.parse_model((await self._send(req)).body, req.path)
 
-    async def embeddings(self, texts: Sequence[str],
-                         model: str = _wire.DEFAULT_EMBEDDINGS_MODEL) -> EmbeddingsResult:
-        """One /embeddings call; bodies over 256 KiB are decoded in a worker thread, off the event loop."""
+    async def embeddings(self, texts: Sequence[str], model: str = _wire.DEFAULT_EMBEDDINGS_MODEL, *,
+                         on_received: Callable[[], None] | None = None) -> EmbeddingsResult:
+        """One /embeddings call; bodies over 256 KiB are decoded in a worker thread, off the event loop.
+
+        on_received is called once the body has arrived, before it is decoded.
+        """
         req = _wire.embeddings_request(texts, model)
         n = len(texts)
         if not n:
             return _empty(model)
         body = (await self._send(req)).body
+        if on_received is not None:
+            on_received()
         if len(body) > _wire.LARGE_BODY_BYTES:
             return await asyncio.to_thread(_wire.parse_embeddings, body, n)
         return _wire.parse_embeddings(body, n)

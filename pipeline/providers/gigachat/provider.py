@@ -6,7 +6,7 @@ Applies the model's instructions and checks shapes; batching, retries and rate l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -77,9 +77,11 @@ class GigaChatEmbeddingProvider:
         self.tokens_used += sum(result.tokens)
         return result.vectors
 
-    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False,
+                          on_received: Callable[[], None] | None = None) -> np.ndarray:
         """(len(texts), dimension) float32, rows in input order. Raises ProviderError subclasses."""
-        result = await self._async_client().embeddings(self._inputs(texts, is_query), self.spec.name)
+        result = await self._async_client().embeddings(self._inputs(texts, is_query), self.spec.name,
+                                                       on_received=on_received)
         return self._accept(result, len(texts))
 
     def embed_sync(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
