@@ -58,6 +58,10 @@ def emulator_command(host: str, port: int, tls_cert: str | None, tls_key: str | 
 
     Prints GIGACHAT_BASE_URL, GIGACHAT_AUTH_URL and GIGACHAT_CREDENTIALS, one per line, once it listens.
 
+    Latencies run from a request's arrival to its answer: an embeddings call's vectors are computed within
+    its --per-text-latency-ms, not on top. The OAuth endpoint stands for GigaChat's separate OAuth host: --max-concurrency, --rps and --error-rate do
+    not apply to it (it still waits the base latency and is counted in /_stats).
+
     \b
     Example:
         pipeline emulator --port 8443 --rps 20 --error-rate 0.01

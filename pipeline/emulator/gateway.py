@@ -1,6 +1,7 @@
 """Emulator gateway: per-emulator state and the middleware every request meets before its route.
 
-Request ids, counters, issued tokens, 429s, latency and injected 500s; knows no endpoint (those are app.py's).
+Request ids, counters, issued tokens, 429s, latency and injected 500s; knows no endpoint (those are app.py's),
+only which path is the OAuth host's (the real one lives on another host, outside the API's limits).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .chat import StoredFile
 from .profile import EmulatorProfile
 
 JSON_TYPE = "application/json; charset=utf-8"
+OAUTH_PATH = "/api/v2/oauth"  # the real one is ngw.devices.sberbank.ru:9443, not the API host
+DUE_KEY = "emulator.due"  # scope key: monotonic time at which the gateway's base latency (+ jitter) ran out
 _EXPIRED_KEPT_S = 3600.0
 
 
@@ -61,7 +64,11 @@ class IssuedToken:
 
 @dataclass
 class Stats:
-    """Counters behind GET /_stats; only paths under /api/ are counted."""
+    """Counters behind GET /_stats; only paths under /api/ are counted.
+
+    requests, status_counts and by_path include the OAuth endpoint; in_flight and peak_in_flight are the API
+    host's calls only (those the concurrency cap counts), so an OAuth call is never in them.
+    """
 
     requests: int = 0
     texts_embedded: int = 0
@@ -169,7 +176,14 @@ class EmulatorState:
 
 
 class Gateway:
-    """ASGI middleware: request ids, counters, concurrency and rate limits, latency and injected 500s."""
+    """ASGI middleware: request ids, counters, concurrency and rate limits, latency and injected 500s.
+
+    Every path under /api/ is counted and waits base_latency_ms + jitter. The OAuth endpoint stands for the
+    real OAuth host, another service than the API: it takes no concurrency slot and no rate-limit token, is
+    never refused with 429 and never answered with an injected 500, and is not counted in in_flight. It keeps
+    the base latency (+ jitter), as a round trip to any server. POST /api/v1/token is on the API host: limited
+    like every API call, only exempt from injected 500s.
+    """
 
     def __init__(self, app: ASGIApp, state: EmulatorState, routes: list[Route]) -> None:
         self.app = app
@@ -199,20 +213,29 @@ class Gateway:
         if not counted:
             await self.app(scope, receive, send_with_ids)
             return
+        arrived = time.monotonic()
         stats.requests += 1
         stats.by_path[self._route_path(scope)] += 1
-        refusal = self._admission()
-        if refusal is not None:
-            await json_response(refusal.body, refusal.status, refusal.headers)(scope, receive, send_with_ids)
-            return
-        stats.in_flight += 1
-        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        api_host = path != OAUTH_PATH
+        if api_host:
+            refusal = self._admission()
+            if refusal is not None:
+                await json_response(refusal.body, refusal.status, refusal.headers)(
+                    scope, receive, send_with_ids
+                )
+                return
+            stats.in_flight += 1
+            stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         try:
             delay_s = self.state.profile.base_latency_ms / 1000 + self.state.jitter_s()
+            # Handlers with latency of their own (embeddings) add it to this due time rather than to their
+            # own start, so that their compute, and any lateness of this sleep, falls inside the latency.
+            scope[DUE_KEY] = arrived + delay_s
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
             if (
-                path.startswith("/api/v1/")
+                api_host
+                and path.startswith("/api/v1/")
                 and path != "/api/v1/token"
                 and self.state.roll("error", self.state.profile.error_rate)
             ):
@@ -224,7 +247,8 @@ class Gateway:
         except ClientDisconnect:
             pass  # the client left while sending its body: nobody is left to answer
         finally:
-            stats.in_flight -= 1
+            if api_host:
+                stats.in_flight -= 1
 
     def _admission(self) -> ApiError | None:
         """A 429 when the concurrency cap or the rate limit refuses the call, else None."""

@@ -19,23 +19,46 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class EmulatorProfile:
-    """Load-shaping knobs and accepted credentials of one emulator instance."""
+    """Load-shaping knobs and accepted credentials of one emulator instance.
 
-    base_latency_ms: float = field(default=0.0, metadata=_help("Delay added to every API call, in ms."))
+    Latency is the time from a request's arrival to its answer, the emulator's own compute included: an
+    embeddings call of n texts answers base_latency_ms + jitter + per_text_latency_ms * n after it arrived,
+    its vectors computed within the per-text part (later only if computing them takes longer than that part).
+    Every call waits base + jitter first (injected 500s come after it). The limits (max_concurrency, rps)
+    and error_rate shape the API host only: the OAuth endpoint stands for GigaChat's separate OAuth host,
+    so token requests take no concurrency slot or rate-limit token and never get an injected 500; they
+    still wait base + jitter, and are counted in the stats (requests, status_counts, by_path; not in_flight).
+    """
+
+    base_latency_ms: float = field(
+        default=0.0, metadata=_help("Latency of every call under /api/ (OAuth included), in ms.")
+    )
     latency_jitter_ms: float = field(
-        default=0.0, metadata=_help("Extra seeded random delay, uniform in [0, N] ms.")
+        default=0.0, metadata=_help("Extra seeded random latency, uniform in [0, N] ms, on every call.")
     )
     per_text_latency_ms: float = field(
-        default=0.0, metadata=_help("Extra delay per input text of an embeddings call, in ms.")
+        default=0.0,
+        metadata=_help(
+            "Extra latency per input text of an embeddings call, in ms; the vectors are computed within"
+            " it, not on top."
+        ),
     )
     max_concurrency: int = field(
-        default=0, metadata=_help("Concurrent API calls allowed; beyond it 429 at once (0 = unlimited).")
+        default=0,
+        metadata=_help(
+            "Concurrent API calls allowed; beyond it 429 at once (0 = unlimited). OAuth is exempt."
+        ),
     )
     rps: float = field(
         default=0.0,
-        metadata=_help("API calls per second (token bucket); beyond it 429 + Retry-After (0 = off)."),
+        metadata=_help(
+            "API calls per second (token bucket); beyond it 429 + Retry-After (0 = off). OAuth is exempt."
+        ),
     )
-    error_rate: float = field(default=0.0, metadata=_help("Seeded fraction of REST calls answered 500."))
+    error_rate: float = field(
+        default=0.0,
+        metadata=_help("Seeded fraction of REST calls answered 500 (never OAuth nor POST /token)."),
+    )
     drop_rate: float = field(
         default=0.0,
         metadata=_help("Seeded fraction of embeddings calls whose connection is cut mid-response."),

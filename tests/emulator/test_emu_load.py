@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
 from pipeline.emulator import RunningEmulator
+from pipeline.emulator import app as app_module
 
 StartEmulator = Callable[..., RunningEmulator]  # the make_emulator fixture
 MakeClient = Callable[[RunningEmulator], httpx.Client]  # the make_client fixture
@@ -27,10 +29,10 @@ def test_rate_limit_answers_429_with_retry_after(
     make_emulator: StartEmulator, make_client: MakeClient
 ) -> None:
     emu = make_emulator(rps=5)
-    client = make_client(emu)  # the OAuth call takes one token from the bucket too
+    client = make_client(emu)  # its OAuth call takes no token from the bucket: a burst of 5 is left
     statuses = [client.get("/models") for _ in range(10)]
     limited = [r for r in statuses if r.status_code == 429]
-    assert 4 <= len(statuses) - len(limited) <= 6
+    assert 5 <= len(statuses) - len(limited) <= 7
     assert limited and all(0 < float(r.headers["retry-after"]) <= 1 for r in limited)
     assert limited[0].json()["status"] == 429
     time.sleep(float(limited[-1].headers["retry-after"]) + 0.05)
@@ -67,6 +69,121 @@ def test_per_text_latency(make_emulator: StartEmulator, make_client: MakeClient)
     started = time.monotonic()
     assert client.post("/embeddings", json={"model": "Embeddings", "input": ["x"] * 10}).status_code == 200
     assert time.monotonic() - started >= 0.2
+
+
+def _words(count: int, seed: int) -> str:
+    """`count` pseudo-words, so that a test's texts are as long and varied as real chunks."""
+    return " ".join(f"w{(seed * 7919 + i * 104729) % 5003}x{i % 17}" for i in range(count))
+
+
+async def _oauth_calls(emu: RunningEmulator, count: int) -> list[httpx.Response]:
+    headers = {"Authorization": f"Basic {emu.credentials}"}
+    async with httpx.AsyncClient() as client:
+        return await asyncio.gather(
+            *(
+                client.post(
+                    emu.auth_url,
+                    headers={**headers, "RqUID": str(uuid.uuid4())},
+                    data={"scope": "GIGACHAT_API_PERS"},
+                )
+                for _ in range(count)
+            )
+        )
+
+
+def test_oauth_is_exempt_from_the_api_limits(make_emulator: StartEmulator) -> None:
+    # The real OAuth host is another service than the API: token requests use none of its slots or rate.
+    emu = make_emulator(rps=2, max_concurrency=1, base_latency_ms=200)
+    started = time.monotonic()
+    tokens = asyncio.run(_oauth_calls(emu, 5))  # five at once: over both the cap and the burst of 2
+    assert [r.status_code for r in tokens] == [200] * 5
+    assert time.monotonic() - started < 0.9  # they overlapped: nothing queued them behind the cap
+    token = tokens[0].json()["access_token"]
+
+    async def embed_among_token_fetches() -> list[httpx.Response]:
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=auth) as client:
+            body = {"model": "Embeddings", "input": ["a", "b"]}
+            first, *fetched = await asyncio.gather(
+                client.post("/embeddings", json=body), _oauth_calls(emu, 3)
+            )
+            return [first, *fetched[0], await client.post("/embeddings", json=body)]
+
+    responses = asyncio.run(embed_among_token_fetches())
+    # The two embeddings calls are the whole burst the bucket allows (2), eight token fetches notwithstanding.
+    assert [r.status_code for r in responses] == [200] * 5
+    stats = emu.stats()
+    assert stats["requests"] == 10 and stats["status_counts"] == {"200": 10}
+    assert stats["by_path"] == {"/api/v2/oauth": 8, "/api/v1/embeddings": 2}
+    assert stats["tokens_issued"] == 8 and stats["peak_in_flight"] == 1 and stats["in_flight"] == 0
+
+
+def test_oauth_gets_no_injected_errors_but_token_stays_limited(
+    http: httpx.Client, make_emulator: StartEmulator, get_token: Callable[..., str]
+) -> None:
+    emu = make_emulator(error_rate=1.0, rps=0.5)
+    token = get_token(emu)  # asserts a 200 although every REST call fails
+    assert get_token(emu) != token  # and again: the bucket of one was not touched
+    login = (emu.profile.user, emu.profile.password)
+    assert (
+        http.post(f"{emu.base_url}/token", auth=login).status_code == 200
+    )  # on the API host: takes the token
+    refused = http.post(f"{emu.base_url}/token", auth=login)
+    assert refused.status_code == 429 and float(refused.headers["retry-after"]) > 0
+    assert emu.stats()["errors_injected"] == 0
+
+
+def test_embeddings_latency_includes_compute(make_emulator: StartEmulator, make_client: MakeClient) -> None:
+    # 100 texts at 2560-d take 10-20 ms to compute and serialise: inside the 300 ms, not on top of it.
+    client = make_client(make_emulator(per_text_latency_ms=3))
+    texts = [_words(150, seed) for seed in range(100)]
+    assert (
+        client.post("/embeddings", json={"model": "EmbeddingsGigaR", "input": texts[:1]}).status_code == 200
+    )
+    round_trips = []
+    for _ in range(3):
+        started = time.monotonic()
+        response = client.post("/embeddings", json={"model": "EmbeddingsGigaR", "input": texts})
+        round_trips.append(time.monotonic() - started)
+        assert response.status_code == 200
+    assert len(response.json()["data"]) == 100
+    assert min(round_trips) >= 0.3  # never early
+    assert min(round_trips) < 0.45  # the best of three, so that one hiccup of a busy machine does not fail it
+
+
+def test_slow_compute_is_absorbed_by_the_latency(
+    make_emulator: StartEmulator, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = app_module.embed_texts
+
+    def slow_embed_texts(model: str, texts: list[str]) -> object:
+        time.sleep(0.25)  # a server that needs 250 ms of its 300 ms per-text budget
+        return real(model, texts)
+
+    monkeypatch.setattr(app_module, "embed_texts", slow_embed_texts)
+    emu = make_emulator(base_latency_ms=100, per_text_latency_ms=3)  # 100 + 3 x 100 = 400 ms
+    token = make_client(emu).headers["authorization"]
+
+    async def embed_and_list_models() -> tuple[float, float]:
+        async with httpx.AsyncClient(base_url=emu.base_url, headers={"Authorization": token}) as client:
+
+            async def timed(call: Awaitable[httpx.Response], delay_s: float = 0.0) -> float:
+                await asyncio.sleep(delay_s)
+                started = time.monotonic()
+                assert (await call).status_code == 200
+                return time.monotonic() - started
+
+            body = {"model": "Embeddings", "input": ["text"] * 100}
+            # /models arrives 50 ms in, so that its own 100 ms end while the vectors are computed (100-350 ms).
+            return tuple(
+                await asyncio.gather(
+                    timed(client.post("/embeddings", json=body)), timed(client.get("/models"), 0.05)
+                )
+            )
+
+    embedding_s, models_s = asyncio.run(embed_and_list_models())
+    assert 0.4 <= embedding_s < 0.55  # 400 ms, not 400 + 250
+    assert models_s < 0.2  # 100 ms: the compute ran off the event loop, so the call beside it did not wait
 
 
 def _failing_calls(make_emulator: StartEmulator, make_client: MakeClient, seed: int) -> list[int]:
