@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +39,7 @@ from .sources import SourceReport, iter_documents
 from .store import (
     META_KEY,
     Snapshot,
+    TableWriter,
     VectorCache,
     chunk_table,
     current_snapshot,
@@ -266,7 +268,11 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         def chunked() -> None:
             report.chunk_seconds = time.perf_counter() - started
 
-        with _image_describer(config) as describe:
+        meta = _snapshot_meta(spec, fp)
+        snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
+        # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
+        stream = _SnapshotStream(snap, new_chunks, cache, meta) if previous is None else None
+        with _image_describer(config) as describe, _aborted_on_error(stream):
             # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
             # the first requests leave with the first file instead of after the whole corpus is read.
             to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
@@ -277,7 +283,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
             stats = EmbedStats()
             if first is not None:
                 stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache,
-                                                   progress))
+                                                   progress, stream.advance if stream else None))
         report.files, report.documents = sources.files, sources.documents
         report.skipped, report.warnings = dict(sources.skipped), sources.warnings
         report.diff = diff.counts()
@@ -296,8 +302,8 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         report.failure_reasons = sorted(set(stats.failed.values()))[:10]
         _crash_point("after_embed")
 
-        snap = _write_snapshot(config, spec, fp, diff, new_chunks, set(failed_docs), cache, previous,
-                               prev_manifest, sources)
+        _write_snapshot(config, snap, meta, diff, new_chunks, set(failed_docs), cache, previous, prev_manifest,
+                        sources, stream)
         report.chunks = snap_rows = _row_count(snap)
         report.vectors = snap_rows
         if build and snap_rows:
@@ -374,13 +380,18 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
 
 
 async def _embed_missing(config: Config, spec: ModelSpec, items: Iterable[EmbedItem], cache: VectorCache,
-                         progress: Progress) -> EmbedStats:
+                         progress: Progress, after_put: Callable[[], None] | None = None) -> EmbedStats:
     provider: EmbeddingProvider = embedding_provider(spec, config)
     counter = token_counter_for(spec)
     advance = progress("embed", len(items) if isinstance(items, Sized) else None)
 
+    def store(keys: list[str], matrix: np.ndarray) -> None:
+        cache.put(keys, matrix)
+        if after_put is not None:
+            after_put()
+
     async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
-        await asyncio.to_thread(cache.put, keys, matrix)
+        await asyncio.to_thread(store, keys, matrix)
 
     try:
         return await embed_items(provider, items, config.embedding, on_batch=on_batch, progress=advance,
@@ -389,25 +400,87 @@ async def _embed_missing(config: Config, spec: ModelSpec, items: Iterable[EmbedI
         await provider.aclose()
 
 
-def _write_snapshot(config: Config, spec: ModelSpec, fp: dict[str, Any], diff: CorpusDiff, new_chunks: list[Chunk],
-                    failed_docs: set[str], cache: VectorCache, previous: Snapshot | None,
-                    prev_manifest: dict[str, Any] | None, sources: SourceReport) -> Snapshot:
+class _SnapshotStream:
+    """Writes a fresh build's vectors.parquet while it embeds, so the run does not end on a long write.
+
+    Chunks (corpus order, appended by the chunker thread) go out as row groups once every vector of a
+    long enough run of them is in the cache. finish() completes the file, or drops it if any chunk is
+    missing (a failed document must not be written): the end of the run then writes the table whole.
+    """
+
+    ROWS_PER_GROUP = 4096
+
+    def __init__(self, snap: Snapshot, chunks: list[Chunk], cache: VectorCache, meta: dict[str, Any]) -> None:
+        self.chunks, self.cache, self.meta = chunks, cache, meta
+        self.writer = TableWriter(snap.vectors_path, _empty_table(cache.dimension, meta).schema)
+        self.written = 0  # chunks in the file
+        self.ready = 0  # chunks[:ready] all have their vectors
+        self._lock = threading.Lock()
+
+    def advance(self, final: bool = False) -> None:
+        """Write the ready run of chunks if it fills a row group (any length when final); any thread."""
+        if not self._lock.acquire(blocking=final):
+            return  # another thread is writing: it, or the next batch, takes these rows too
+        try:
+            while self.ready < len(self.chunks) and self.chunks[self.ready].content_hash in self.cache:
+                self.ready += 1
+            if self.ready - self.written >= (1 if final else self.ROWS_PER_GROUP):
+                rows = self.chunks[self.written:self.ready]
+                self.writer.write(chunk_table(rows, self.cache.get_many([c.content_hash for c in rows]), self.meta))
+                self.written = self.ready
+        finally:
+            self._lock.release()
+
+    def finish(self, complete: bool) -> bool:
+        """Commit when `complete` (no chunk failed) and every chunk is written; else drop the file."""
+        if complete:
+            self.advance(final=True)
+            if self.written == len(self.chunks):
+                self.writer.commit()
+                return True
+        self.writer.abort()
+        return False
+
+
+@contextlib.contextmanager
+def _aborted_on_error(stream: _SnapshotStream | None) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if stream is not None:
+            stream.writer.abort()
+        raise
+
+
+def _snapshot_meta(spec: ModelSpec, fp: dict[str, Any]) -> dict[str, Any]:
+    return {"model": spec.name, "dimension": spec.dimension, "normalize": spec.normalize,
+            "fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "created_at": _now_iso()}
+
+
+def _empty_table(dimension: int, meta: dict[str, Any]) -> Any:
+    return chunk_table([], np.zeros((0, dimension), np.float32), meta)
+
+
+def _write_snapshot(config: Config, snap: Snapshot, meta: dict[str, Any], diff: CorpusDiff,
+                    new_chunks: list[Chunk], failed_docs: set[str], cache: VectorCache, previous: Snapshot | None,
+                    prev_manifest: dict[str, Any] | None, sources: SourceReport,
+                    stream: _SnapshotStream | None) -> None:
     """New snapshot = unchanged rows of the previous one + rows of new chunks (+ old rows of failed docs)."""
     import pyarrow.parquet as pq
 
     prev_docs: dict[str, Any] = prev_manifest["documents"] if prev_manifest else {}
     done = [c for c in new_chunks if c.doc_id not in failed_docs]
-    matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
-    meta = {"model": spec.name, "dimension": spec.dimension, "normalize": spec.normalize,
-            "fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "created_at": _now_iso()}
-    keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
-    old_table = pq.read_table(previous.vectors_path) if previous is not None and keep_old else None
-    new_table = chunk_table(done, matrix, meta) if done else None
-    if old_table is None and new_table is None:
-        table = chunk_table([], np.zeros((0, spec.dimension), np.float32), meta)
-    else:
-        table = merge_tables(old_table, keep_old, new_table, diff.order)
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+    if stream is None or not stream.finish(complete=not failed_docs):
+        matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
+        keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
+        old_table = pq.read_table(previous.vectors_path) if previous is not None and keep_old else None
+        new_table = chunk_table(done, matrix, meta) if done else None
+        if old_table is None and new_table is None:
+            table = _empty_table(cache.dimension, meta)
+        else:
+            table = merge_tables(old_table, keep_old, new_table, diff.order)
+        table = table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+        write_table_atomic(table, snap.vectors_path)
 
     documents: dict[str, dict[str, Any]] = {}
     for doc_id in diff.unchanged:
@@ -416,20 +489,15 @@ def _write_snapshot(config: Config, spec: ModelSpec, fp: dict[str, Any], diff: C
         if doc_id in prev_docs:  # the old version keeps serving; its old hash makes the next run retry
             documents[doc_id] = prev_docs[doc_id]
     chunk_counts: dict[str, int] = {}
-    source_of: dict[str, str] = {}
     for c in done:
         chunk_counts[c.doc_id] = chunk_counts.get(c.doc_id, 0) + 1
-        source_of[c.doc_id] = c.source_path
     for doc in diff.to_chunk:
         if doc.doc_id not in failed_docs:
             documents[doc.doc_id] = {"content_hash": doc.content_hash, "source_path": doc.source_path,
                                      "chunks": chunk_counts.get(doc.doc_id, 0)}
-    snap = new_snapshot_dir(config.out_dir)
-    write_table_atomic(table, snap.vectors_path)
     write_json_atomic({**meta, "corpus": str(config.corpus), "documents": documents,
                        "failed_documents": sorted(failed_docs), "skipped": dict(sources.skipped)},
                       snap.manifest_path)
-    return snap
 
 
 def _now_iso() -> str:

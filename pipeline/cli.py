@@ -71,7 +71,23 @@ exact_tokens_option = click.option(
          "instead of the offline bound.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Loads the emulator command (starlette, uvicorn: 70 ms) only when it is asked for or listed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "emulator"})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "emulator" and name not in self.commands:
+            try:
+                from .emulator.cli import emulator_command
+            except ImportError:  # pragma: no cover - the emulator's server dependencies are optional
+                return None
+            self.add_command(emulator_command, "emulator")
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Chunk a corpus, embed it (GigaChat or the offline local model), index it with FAISS, search it.
@@ -365,17 +381,6 @@ def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens:
             click.echo(c.text)
     if not as_json:
         click.echo(f"{count} chunks for model {config.model}", err=True)
-
-
-def _register_optional_commands() -> None:
-    try:
-        from .emulator.cli import emulator_command
-    except ImportError:  # pragma: no cover - the emulator's server dependencies are optional at import
-        return
-    cli.add_command(emulator_command, "emulator")
-
-
-_register_optional_commands()
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from .records import Chunk
 
 __all__ = [
     "META_KEY",
+    "TableWriter",
     "Snapshot",
     "VectorCache",
     "chunk_table",
@@ -96,23 +97,69 @@ def chunk_table(chunks: Sequence[Chunk], matrix: np.ndarray | None, meta: dict[s
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
 
 
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    # Dictionaries and min/max statistics of float vectors cost 4x the write time and 50% more bytes
+    # for nothing, and zstd saves them 7 % for a third more time: keep all three for the row columns.
+    plain = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
+    codecs = {name: "zstd" for name in plain} | {f"{f.name}.list.element": "none" for f in schema
+                                                   if pa.types.is_fixed_size_list(f.type)}
+    return {"compression": codecs, "use_dictionary": plain, "write_statistics": plain}
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write Parquet to a temporary name, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_name(path)
     try:
-        # Dictionaries and min/max statistics of float vectors cost 4x the write time and 50% more bytes
-        # for nothing, and zstd saves them 7 % for a third more time: keep all three for the row columns.
-        plain = [f.name for f in table.schema if not pa.types.is_fixed_size_list(f.type)]
-        codecs = {name: "zstd" for name in plain} | {f"{f.name}.list.element": "none" for f in table.schema
-                                                       if pa.types.is_fixed_size_list(f.type)}
-        pq.write_table(table, tmp, compression=codecs, use_dictionary=plain, write_statistics=plain)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pq.write_table(table, tmp, **_parquet_options(table.schema))
+        _fsync_replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+class TableWriter:
+    """write_table_atomic one row group at a time: rows go to a temporary file, commit() renames it.
+
+    Lets a run write its snapshot while the last batches are still being embedded. Not thread-safe:
+    one writer thread at a time.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.rows = path, 0
+        self._tmp = _tmp_name(path)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema, **_parquet_options(schema))
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            raise StoreError(f"{self.path}: writer already closed")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        if self._writer is None:
+            raise StoreError(f"{self.path}: writer already closed")
+        self._writer.close()
+        self._writer = None
+        _fsync_replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written (idempotent; nothing is left under the final name)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(data: Any, path: Path) -> None:

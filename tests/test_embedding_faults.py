@@ -247,3 +247,35 @@ def test_plan_sends_nothing_and_counts_what_the_cache_saves(corpus: Path, tmp_pa
     assert "240 chunks, 0 cache hits" in result.output and "5 requests of up to 50 texts" in result.output
     assert "assumed" in result.output  # says what it guessed about latency
     assert not (tmp_path / "x").exists()
+
+
+def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api._SnapshotStream, "ROWS_PER_GROUP", 16)
+    with start_emulator(_profile(base_latency_ms=5)) as emu:
+        config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=4)
+        report = _embed(config)
+    assert report.failed_chunks == 0 and report.vectors == 240
+    path = current_snapshot(config.out_dir).vectors_path
+    assert pq.ParquetFile(path).metadata.num_row_groups > 2  # written as the batches landed
+    ids = pq.read_table(path, columns=["chunk_id"]).column(0).to_pylist()
+    assert ids == [c.chunk_id for c in api.chunk_corpus(config, corpus)]  # corpus order, as a merge would give
+    assert not list(path.parent.glob(".*.tmp"))
+    _assert_each_chunk_once(config)
+
+
+def test_failed_batches_drop_the_streamed_file_and_their_documents(corpus: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api._SnapshotStream, "ROWS_PER_GROUP", 16)
+    with start_emulator(_profile(error_rate=0.3)) as emu:
+        config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=2,
+                         max_attempts=1)
+        report = _embed(config)
+        assert 0 < report.failed_chunks < 240 and report.exit_code == 3
+        path = current_snapshot(config.out_dir).vectors_path
+        ids = pq.read_table(path, columns=["doc_id"]).column(0).to_pylist()
+        assert len(ids) == 240 - report.failed_chunks and not set(ids) & set(report.failed_documents)
+        assert not list(path.parent.glob(".*.tmp"))
+        rerun = _embed(replace(config, embedding=replace(config.embedding, max_attempts=10)))
+    assert rerun.failed_chunks == 0 and rerun.embedded == report.failed_chunks
+    _assert_each_chunk_once(config)
