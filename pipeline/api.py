@@ -25,7 +25,7 @@ from .ask import Answer, extractive_answer
 from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
-from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
+from .errors import ConfigError, LockHeldError, ModelMismatchError, PipelineError, SourceError, StoreError
 from .evaluate import EvalReport
 from .evaluate import evaluate as run_evaluation
 from .filters import SearchFilter
@@ -272,7 +272,8 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
         # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
         stream = _SnapshotStream(snap, new_chunks, cache, meta) if previous is None else None
-        with _image_describer(config) as describe, _aborted_on_error(stream):
+        provider = _warmed_provider(config, spec)
+        with _image_describer(config) as describe, _aborted_on_error(stream), _closed(provider) as handing_over:
             # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
             # the first requests leave with the first file instead of after the whole corpus is read.
             to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
@@ -282,8 +283,9 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
             first = next(missing, None)
             stats = EmbedStats()
             if first is not None:
+                handing_over()  # _embed_missing closes it
                 stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache,
-                                                   progress, stream.advance if stream else None))
+                                                   progress, stream.advance if stream else None, provider))
         report.files, report.documents = sources.files, sources.documents
         report.skipped, report.warnings = dict(sources.skipped), sources.warnings
         report.diff = diff.counts()
@@ -379,9 +381,26 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
     done()
 
 
+def _warmed_provider(config: Config, spec: ModelSpec) -> EmbeddingProvider | None:
+    """The provider, its warm-up (if any) started; None if it cannot be made here.
+
+    Started before the corpus is read: a token fetch then overlaps reading, diffing and chunking. When
+    making it fails (no credentials), the run only meets that error if something needs embedding.
+    """
+    try:
+        provider = embedding_provider(spec, config)
+    except PipelineError:
+        return None
+    warm_up = getattr(provider, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+    return provider
+
+
 async def _embed_missing(config: Config, spec: ModelSpec, items: Iterable[EmbedItem], cache: VectorCache,
-                         progress: Progress, after_put: Callable[[], None] | None = None) -> EmbedStats:
-    provider: EmbeddingProvider = embedding_provider(spec, config)
+                         progress: Progress, after_put: Callable[[], None] | None = None,
+                         provider: EmbeddingProvider | None = None) -> EmbedStats:
+    provider = provider or embedding_provider(spec, config)
     counter = token_counter_for(spec)
     advance = progress("embed", len(items) if isinstance(items, Sized) else None)
 
@@ -440,6 +459,17 @@ class _SnapshotStream:
                 return True
         self.writer.abort()
         return False
+
+
+@contextlib.contextmanager
+def _closed(provider: EmbeddingProvider | None) -> Iterator[Callable[[], None]]:
+    """Close `provider` on the way out unless the yielded function was called to hand it over."""
+    owned = [provider]
+    try:
+        yield owned.clear
+    finally:
+        if owned and provider is not None:
+            asyncio.run(provider.aclose())
 
 
 @contextlib.contextmanager

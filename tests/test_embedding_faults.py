@@ -255,6 +255,8 @@ def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: 
     with start_emulator(_profile(base_latency_ms=5)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=4)
         report = _embed(config)
+        tokens_issued = emu.stats()["tokens_issued"]
+    assert tokens_issued == 1  # the warm-up's token, which the requests waited for instead of asking again
     assert report.failed_chunks == 0 and report.vectors == 240
     path = current_snapshot(config.out_dir).vectors_path
     assert pq.ParquetFile(path).metadata.num_row_groups > 2  # written as the batches landed

@@ -22,7 +22,8 @@ class EmbeddingProvider(Protocol):
     Providers return the service's raw vectors (not normalised) and raise pipeline.errors.ProviderError
     subclasses; they apply the model's query/passage instructions themselves. A remote provider calls
     `on_received()` once the response body is in hand, before decoding it: the embedder then lets the
-    next request go while this one is decoded.
+    next request go while this one is decoded. A provider may also offer `warm_up()`, which starts getting
+    ready in the background and returns at once (GigaChat: fetch the token while the corpus is read).
     """
 
     name: str

@@ -65,6 +65,7 @@ class TokenManager:
         self._alock: asyncio.Lock | None = None
         self._alock_loop: asyncio.AbstractEventLoop | None = None
         self._ahead: asyncio.Task[None] | None = None
+        self._prefetch: threading.Event | None = None
         self._ahead_not_before = 0.0  # after a failed refresh ahead, the next waits a second
         self.refreshes = 0  # token requests sent, for diagnostics and tests
 
@@ -185,9 +186,33 @@ class TokenManager:
             token = self.current()
             if token is not None:
                 return token
+            prefetch = self._prefetch
+            if prefetch is not None and not prefetch.is_set():  # wait for it rather than ask twice
+                await asyncio.to_thread(prefetch.wait)
+                if (token := self.current()) is not None:
+                    return token
             request = self.token_request()
             self.refreshes += 1
             return self.accept(request, await fetch(request))
+
+    def prefetch(self, fetch: Callable[[TokenRequest], _wire.RawResponse]) -> None:
+        """Start fetching a token in a thread and return; atoken() waits for it instead of asking again.
+
+        A failure is only logged: the first real request fetches in line and reports it.
+        """
+        if self.current() is not None or (self._prefetch is not None and not self._prefetch.is_set()):
+            return
+        done = self._prefetch = threading.Event()
+
+        def run() -> None:
+            try:
+                self.token(fetch)
+            except Exception as e:
+                log.debug("token prefetch failed (the first request fetches again): %s", e)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="token-prefetch", daemon=True).start()
 
     async def _refresh_ahead(self, fetch: Callable[[TokenRequest], Awaitable[_wire.RawResponse]]) -> None:
         try:

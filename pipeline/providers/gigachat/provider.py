@@ -89,6 +89,10 @@ class GigaChatEmbeddingProvider:
         return self._accept(self._sync_client().embeddings(self._inputs(texts, is_query), self.spec.name),
                             len(texts))
 
+    def warm_up(self) -> None:
+        """Start fetching the access token in a thread, so the first batch does not wait for it."""
+        self._auth.prefetch(self._sync_client()._fetch_token)
+
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """The service's own counts from /tokens/count (text only, no instruction prefix)."""
         return await self._async_client().tokens_count(texts, self.spec.name)
