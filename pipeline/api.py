@@ -238,90 +238,92 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
     if not config.corpus.exists():
         raise SourceError(f"{config.corpus}: corpus path does not exist")
     spec = config.model_spec()
-    settings = ChunkSettings.for_model(spec, config.chunking)
-    counter = chunk_counter(config, spec)
-    fp = _fingerprint(spec, config, settings, counter.name)
-    out_dir = config.out_dir
-    if new_index:
-        live = current_snapshot(out_dir) if out_dir.exists() else None
-        if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
-            out_dir = _sibling_out_dir(out_dir, fp)
-    config = replace(config, out_dir=out_dir)
-    report = EmbedReport(corpus=str(config.corpus), model=spec.name, out_dir=str(out_dir))
+    # Started first: the access token arrives while the tokenizer loads and the corpus is read.
+    provider = _warmed_provider(config, spec)
+    with _closed(provider) as hand_over:
+        settings = ChunkSettings.for_model(spec, config.chunking)
+        counter = chunk_counter(config, spec)
+        fp = _fingerprint(spec, config, settings, counter.name)
+        out_dir = config.out_dir
+        if new_index:
+            live = current_snapshot(out_dir) if out_dir.exists() else None
+            if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
+                out_dir = _sibling_out_dir(out_dir, fp)
+        config = replace(config, out_dir=out_dir)
+        report = EmbedReport(corpus=str(config.corpus), model=spec.name, out_dir=str(out_dir))
 
-    with _locked(out_dir):
-        previous = current_snapshot(out_dir)
-        prev_manifest = previous.manifest() if previous else None
-        if prev_manifest and prev_manifest.get("fingerprint_id") != fingerprint_id(fp):
-            was = prev_manifest.get("fingerprint", {})
-            raise ModelMismatchError(
-                f"{out_dir} holds an index of {was.get('model')!r} with other settings "
-                f"(fingerprint {prev_manifest.get('fingerprint_id')}); this run would be {spec.name!r} "
-                f"({fingerprint_id(fp)}). Use --new-index to build beside it, or --out another directory")
+        with _locked(out_dir):
+            previous = current_snapshot(out_dir)
+            prev_manifest = previous.manifest() if previous else None
+            if prev_manifest and prev_manifest.get("fingerprint_id") != fingerprint_id(fp):
+                was = prev_manifest.get("fingerprint", {})
+                raise ModelMismatchError(
+                    f"{out_dir} holds an index of {was.get('model')!r} with other settings "
+                    f"(fingerprint {prev_manifest.get('fingerprint_id')}); this run would be {spec.name!r} "
+                    f"({fingerprint_id(fp)}). Use --new-index to build beside it, or --out another directory")
 
-        sources = SourceReport()
-        diff = CorpusDiff()
-        cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension, normalize=spec.normalize)
-        new_chunks: list[Chunk] = []
-        todo: dict[str, EmbedItem] = {}
+            sources = SourceReport()
+            diff = CorpusDiff()
+            cache = VectorCache(config.cache_dir, _cache_key(fp), spec.dimension, normalize=spec.normalize)
+            new_chunks: list[Chunk] = []
+            todo: dict[str, EmbedItem] = {}
 
-        def chunked() -> None:
-            report.chunk_seconds = time.perf_counter() - started
+            def chunked() -> None:
+                report.chunk_seconds = time.perf_counter() - started
 
-        meta = _snapshot_meta(spec, fp)
-        snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
-        # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
-        stream = _SnapshotStream(snap, new_chunks, cache, meta) if previous is None else None
-        provider = _warmed_provider(config, spec)
-        with _image_describer(config) as describe, _aborted_on_error(stream), _closed(provider) as handing_over:
-            # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
-            # the first requests leave with the first file instead of after the whole corpus is read.
-            to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
-                                   prev_manifest["documents"] if prev_manifest else None, diff)
-            missing = _missing_items(to_chunk, settings, counter, cache, new_chunks, todo,
-                                     progress("chunk", None), chunked)
-            first = next(missing, None)
-            stats = EmbedStats()
-            if first is not None:
-                handing_over()  # _embed_missing closes it
-                stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache,
-                                                   progress, stream.advance if stream else None, provider))
-        report.files, report.documents = sources.files, sources.documents
-        report.skipped, report.warnings = dict(sources.skipped), sources.warnings
-        report.diff = diff.counts()
-        report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
-        report.embedded = stats.texts
-        report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
-        report.errors = dict(stats.errors)
-        report.limits = {"texts_per_request": stats.batch_texts, "in_flight": stats.concurrency,
-                         "requests_per_s": round(stats.requests_per_s, 2)} if stats.requests else {}
-        report.embed_seconds = stats.seconds
-        report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
+            meta = _snapshot_meta(spec, fp)
+            snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
+            # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
+            stream = _SnapshotStream(snap, new_chunks, cache, meta) if previous is None else None
+            with _image_describer(config) as describe, _aborted_on_error(stream):
+                # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
+                # the first requests leave with the first file instead of after the whole corpus is read.
+                to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
+                                       prev_manifest["documents"] if prev_manifest else None, diff)
+                missing = _missing_items(to_chunk, settings, counter, cache, new_chunks, todo,
+                                         progress("chunk", None), chunked)
+                first = next(missing, None)
+                stats = EmbedStats()
+                if first is not None:
+                    hand_over()  # _embed_missing closes it
+                    stats = asyncio.run(_embed_missing(config, spec, itertools.chain([first], missing), cache,
+                                                       progress, stream.advance if stream else None, provider))
+            report.files, report.documents = sources.files, sources.documents
+            report.skipped, report.warnings = dict(sources.skipped), sources.warnings
+            report.diff = diff.counts()
+            report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
+            report.embedded = stats.texts
+            report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
+            report.errors = dict(stats.errors)
+            report.limits = {"texts_per_request": stats.batch_texts, "in_flight": stats.concurrency,
+                             "requests_per_s": round(stats.requests_per_s, 2)} if stats.requests else {}
+            report.embed_seconds = stats.seconds
+            report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
 
-        failed_docs = sorted({c.doc_id for c in new_chunks if c.content_hash in stats.failed})
-        report.failed_documents = failed_docs
-        report.failed_chunks = sum(1 for c in new_chunks if c.content_hash in stats.failed)
-        report.failure_reasons = sorted(set(stats.failed.values()))[:10]
-        _crash_point("after_embed")
+            failed_docs = sorted({c.doc_id for c in new_chunks if c.content_hash in stats.failed})
+            report.failed_documents = failed_docs
+            report.failed_chunks = sum(1 for c in new_chunks if c.content_hash in stats.failed)
+            report.failure_reasons = sorted(set(stats.failed.values()))[:10]
+            _crash_point("after_embed")
 
-        _write_snapshot(config, snap, meta, diff, new_chunks, set(failed_docs), cache, previous, prev_manifest,
-                        sources, stream)
-        report.chunks = snap_rows = _row_count(snap)
-        report.vectors = snap_rows
-        if build and snap_rows:
-            index_started = time.perf_counter()
-            report.index = asdict(_build(config, snap, progress))
-            report.index_seconds = time.perf_counter() - index_started
-        _crash_point("before_publish")
-        publish_snapshot(out_dir, snap, previous=previous)
-        _crash_point("after_publish")
-        report.snapshot = str(snap.path)
-        report.seconds = time.perf_counter() - started
-        write_json_atomic(asdict(report), out_dir / "run-report.json")
-        with (out_dir / "runs.jsonl").open("a", encoding="utf-8") as history:  # one line a run, for dashboards
-            history.write(json.dumps({k: v for k, v in asdict(report).items() if k not in ("warnings", "index")},
-                                     ensure_ascii=False) + "\n")
-    return report
+            _write_snapshot(config, snap, meta, diff, new_chunks, set(failed_docs), cache, previous, prev_manifest,
+                            sources, stream)
+            report.chunks = snap_rows = _row_count(snap)
+            report.vectors = snap_rows
+            if build and snap_rows:
+                index_started = time.perf_counter()
+                report.index = asdict(_build(config, snap, progress))
+                report.index_seconds = time.perf_counter() - index_started
+            _crash_point("before_publish")
+            publish_snapshot(out_dir, snap, previous=previous)
+            _crash_point("after_publish")
+            report.snapshot = str(snap.path)
+            report.seconds = time.perf_counter() - started
+            write_json_atomic(asdict(report), out_dir / "run-report.json")
+            with (out_dir / "runs.jsonl").open("a", encoding="utf-8") as history:  # one line a run, for dashboards
+                history.write(json.dumps({k: v for k, v in asdict(report).items() if k not in ("warnings", "index")},
+                                         ensure_ascii=False) + "\n")
+        return report
 
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
