@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..errors import (
     ServerError,
 )
 from ..records import ModelSpec
+from .embeddings_json import LARGE_BODY_BYTES, decode_embeddings
 
 __all__ = [
     "OpenAIChatClient",
@@ -158,16 +159,17 @@ def _loads(body: bytes, endpoint: str) -> Any:
 
 def parse_embeddings(body: bytes, n: int, dimension: int, endpoint: str = "/embeddings") -> np.ndarray:
     """(n, dimension) float32 in input order; BadResponseError on a wrong count, index or dimension."""
-    data = _loads(body, endpoint)
+    fast = decode_embeddings(body)  # None: not the usual shape, or off somewhere; the full parse says what
+    data = _loads(body, endpoint) if fast is None else fast[0]
     try:
-        items = sorted(data["data"], key=lambda it: int(it.get("index", 0)))
-        rows = [it["embedding"] for it in items]
+        ranked = sorted(enumerate(data["data"]), key=lambda pair: int(pair[1].get("index", 0)))
+        rows = [it["embedding"] for _, it in ranked]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _err(BadResponseError, f"unexpected response shape: {type(e).__name__}: {e}", endpoint, 200) from None
     if len(rows) != n:
         raise _err(BadResponseError, f"{len(rows)} vectors for {n} texts", endpoint, 200)
     try:
-        matrix = np.array(rows, dtype=np.float32)
+        matrix = np.array(rows, dtype=np.float32) if fast is None else fast[1][[i for i, _ in ranked]]
     except (TypeError, ValueError) as e:
         raise _err(BadResponseError, f"an embedding is not a list of numbers: {e}", endpoint, 200) from None
     if matrix.ndim != 2 or matrix.shape[1] != dimension:
@@ -201,7 +203,8 @@ class OpenAIEmbeddingProvider:
             self._loop = loop
         return self._client
 
-    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+    async def embed_batch(self, texts: Sequence[str], *, is_query: bool = False,
+                          on_received: Callable[[], None] | None = None) -> np.ndarray:
         """(len(texts), dimension) float32, raw from the server. Raises ProviderError subclasses."""
         if not texts:
             return np.zeros((0, self.spec.dimension), dtype=np.float32)
@@ -215,6 +218,10 @@ class OpenAIEmbeddingProvider:
             raise _map_httpx_error(e, endpoint, self.settings.timeout_s) from None
         if not 200 <= resp.status_code < 300:
             raise error_for_status(resp.status_code, resp.content, endpoint, resp.headers.get("retry-after"))
+        if on_received is not None:
+            on_received()
+        if len(resp.content) > LARGE_BODY_BYTES:  # decoding a big body would stall the event loop
+            return await asyncio.to_thread(parse_embeddings, resp.content, len(texts), self.spec.dimension, endpoint)
         return parse_embeddings(resp.content, len(texts), self.spec.dimension, endpoint)
 
     async def aclose(self) -> None:

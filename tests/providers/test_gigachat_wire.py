@@ -5,6 +5,7 @@ Covers _wire.py (requests, parsers, status mapping), auth.TokenManager with a fa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -539,6 +540,53 @@ def test_short_lived_token_refreshes_at_half_life() -> None:
     assert tm.token(endpoint).value.get() == "tok-1"
     clock.now += 0.2
     assert tm.token(endpoint).value.get() == "tok-2"
+
+
+def test_async_refresh_runs_ahead_while_the_stale_token_still_serves() -> None:
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(clock, ttl_s=30)
+    tm = TokenManager(_settings(credentials=Secret(CREDS)), clock=clock)
+
+    async def fetch(request: TokenRequest) -> _wire.RawResponse:
+        await asyncio.sleep(0.01)  # a round trip: callers meanwhile must not wait for it
+        return endpoint(request)
+
+    async def go() -> None:
+        assert (await tm.atoken(fetch)).value.get() == "tok-1"
+        clock.now += 16  # past half its life: due for renewal, 14 s from expiry
+        got = await asyncio.gather(*(tm.atoken(fetch) for _ in range(20)))
+        assert {t.value.get() for t in got} == {"tok-1"} and tm.refreshes == 2  # one refresh, in the background
+        await asyncio.sleep(0.05)
+        assert (await tm.atoken(fetch)).value.get() == "tok-2" and len(endpoint.requests) == 2
+        clock.now += 27  # tok-2 is 3 s from expiry: too close to send, callers wait for tok-3
+        assert (await tm.atoken(fetch)).value.get() == "tok-3"
+
+    asyncio.run(go())
+
+
+def test_failed_refresh_ahead_keeps_the_old_token_and_retries_in_line() -> None:
+    clock = Clock()
+    endpoint = FakeTokenEndpoint(clock, ttl_s=30)
+    tm = TokenManager(_settings(credentials=Secret(CREDS)), clock=clock)
+
+    async def fetch(request: TokenRequest) -> _wire.RawResponse:
+        return endpoint(request)
+
+    async def go() -> None:
+        await tm.atoken(fetch)
+        endpoint.status, endpoint.body = 500, b'{"message": "down"}'
+        clock.now += 16
+        assert (await tm.atoken(fetch)).value.get() == "tok-1"
+        await asyncio.sleep(0.01)
+        assert (await tm.atoken(fetch)).value.get() == "tok-1"  # the failure did not drop a working token
+        await asyncio.sleep(0.01)
+        assert len(endpoint.requests) == 2  # and it is not retried on every call
+        endpoint.status = 200
+        clock.now += 10  # 4 s from expiry: fetched in line now
+        assert (await tm.atoken(fetch)).value.get().startswith("tok-")
+        assert tm.current() is not None
+
+    asyncio.run(go())
 
 
 def test_invalidate_only_drops_the_refused_token() -> None:

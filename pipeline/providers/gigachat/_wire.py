@@ -33,6 +33,7 @@ from ...errors import (
     RequestTooLargeError,
     ServerError,
 )
+from ..embeddings_json import decode_embeddings
 
 __all__ = [
     "ApiRequest", "ChatDelta", "ChatPlan", "ChatRequest", "ChatResponse", "EmbeddingsResult",
@@ -46,7 +47,6 @@ DEFAULT_CHAT_MODEL = "GigaChat-2"
 MAX_IMAGE_BYTES = 15 * 1024 * 1024
 MAX_IMAGES_PER_MESSAGE = 1
 MAX_IMAGES_PER_CONVERSATION = 10
-LARGE_BODY_BYTES = 256 * 1024  # bigger bodies are decoded off the event loop (~1.5 ms and up)
 _VISION_PARTS = frozenset({"pro", "max", "ultra"})
 _ROLES = frozenset({"system", "user", "assistant", "function", "search_result", "function_in_progress"})
 _ROLE_ALIASES = {"tool": "function", "developer": "system"}
@@ -457,7 +457,10 @@ def embeddings_request(texts: Sequence[str], model: str) -> ApiRequest:
 
 def parse_embeddings(body: bytes, n: int, endpoint: str = "/embeddings") -> EmbeddingsResult:
     """Vectors in input order; any count, index, dimension or value problem is a BadResponseError."""
-    data = loads(body, endpoint)
+    # The fast decode's vectors are already checked: equal nonzero dimensions, all finite. When it
+    # declines, the full parse below finds what is wrong and says so.
+    fast = decode_embeddings(body)
+    data = loads(body, endpoint) if fast is None else fast[0]
     with _shape(endpoint):
         items = data["data"]
         if not isinstance(items, list):
@@ -465,17 +468,22 @@ def parse_embeddings(body: bytes, n: int, endpoint: str = "/embeddings") -> Embe
         model = str(data.get("model") or "")
         if len(items) != n:
             raise bad_response(endpoint, f"{len(items)} vectors for {n} texts")
-        items = sorted(items, key=lambda it: _int(it["index"]))
+        ranked = sorted(enumerate(items), key=lambda pair: _int(pair[1]["index"]))
+        order = [i for i, _ in ranked]
+        items = [it for _, it in ranked]
         indices = [_int(it["index"]) for it in items]
         if indices != list(range(n)):
             raise bad_response(endpoint, f"vector indices are not 0..{n - 1}: {indices[:10]}")
-        rows = [it["embedding"] for it in items]
-        if not all(isinstance(r, list) for r in rows):
-            raise bad_response(endpoint, "an embedding is not a list of numbers")
-        dims = {len(r) for r in rows}
-        if len(dims) > 1 or 0 in dims:
-            raise bad_response(endpoint, f"vectors of different or zero dimensions: {sorted(dims)}")
+        if fast is None:
+            rows = [it["embedding"] for it in items]
+            if not all(isinstance(r, list) for r in rows):
+                raise bad_response(endpoint, "an embedding is not a list of numbers")
+            dims = {len(r) for r in rows}
+            if len(dims) > 1 or 0 in dims:
+                raise bad_response(endpoint, f"vectors of different or zero dimensions: {sorted(dims)}")
         tokens = [_int((it.get("usage") or {}).get("prompt_tokens") or 0) for it in items]
+    if fast is not None:
+        return EmbeddingsResult(vectors=fast[1][order], tokens=tokens, model=model)
     try:
         vectors = np.array(rows, dtype=np.float32)
     except (TypeError, ValueError) as e:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...config import GigaChatSettings
 from ...errors import BadResponseError, ConfigError, NetworkError, ProviderError
+from ..embeddings_json import LARGE_BODY_BYTES
 from . import _wire
 from ._wire import (
     ApiRequest,
@@ -460,7 +461,7 @@ class AsyncGigaChatClient(_ClientCore):
         body = (await self._send(req)).body
         if on_received is not None:
             on_received()
-        if len(body) > _wire.LARGE_BODY_BYTES:
+        if len(body) > LARGE_BODY_BYTES:
             return await asyncio.to_thread(_wire.parse_embeddings, body, n)
         return _wire.parse_embeddings(body, n)
 
