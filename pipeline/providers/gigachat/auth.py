@@ -182,6 +182,10 @@ class TokenManager:
             if (self._ahead is None or self._ahead.done()) and self._clock() >= self._ahead_not_before:
                 self._ahead = asyncio.create_task(self._refresh_ahead(fetch))
             return stale
+        return await self._refresh(fetch)
+
+    async def _refresh(self, fetch: Callable[[TokenRequest], Awaitable[_wire.RawResponse]]) -> Token:
+        """A usable token, fetched under the asyncio lock (once for all waiters) unless one came meanwhile."""
         async with self._async_lock():
             token = self.current()
             if token is not None:
@@ -216,11 +220,7 @@ class TokenManager:
 
     async def _refresh_ahead(self, fetch: Callable[[TokenRequest], Awaitable[_wire.RawResponse]]) -> None:
         try:
-            async with self._async_lock():
-                if self.current() is None:
-                    request = self.token_request()
-                    self.refreshes += 1
-                    self.accept(request, await fetch(request))
+            await self._refresh(fetch)
         except Exception as e:  # the old token still works: the next caller past its expiry retries in line
             self._ahead_not_before = self._clock() + 1.0
             log.warning("refreshing the access token ahead of expiry failed: %s", e)
