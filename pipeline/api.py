@@ -16,25 +16,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .ask import Answer, extractive_answer
 from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
-from .errors import ConfigError, LockHeldError, ModelMismatchError, PipelineError, SourceError, StoreError
-from .evaluate import EvalReport
-from .evaluate import evaluate as run_evaluation
-from .filters import SearchFilter
+from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
 from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
-from .index import IndexReport, build_index, load_index
 from .planning import EmbedPlan, make_plan
-from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
+from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
 from .records import Chunk, Document, Hit, ModelSpec
-from .search import hybrid_search, search_vectors
 from .sources import SourceReport, iter_documents
 from .store import (
     META_KEY,
@@ -50,7 +44,13 @@ from .store import (
     write_json_atomic,
     write_table_atomic,
 )
-from .tokens import CachedCounter, TokenCounter, token_counter_for
+from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_for
+
+if TYPE_CHECKING:  # the search, ask, index and evaluation stages load with their verbs (faiss: 50 ms)
+    from .ask import Answer
+    from .evaluate import EvalReport
+    from .filters import SearchFilter
+    from .index import IndexReport
 
 __all__ = [
     "EmbedPlan",
@@ -223,23 +223,28 @@ def _crash_point(name: str) -> None:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False,
-          progress: Progress = _no_progress) -> EmbedReport:
+          progress: Progress = _no_progress, provider: EmbeddingProvider | None = None) -> EmbedReport:
     """Bring the output directory up to date with the corpus: incremental, locked, atomic.
 
     Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
     ones are chunked and embedded (the cache first); deleted ones drop out. A document whose
     embedding failed keeps its previous version, is listed, and is redone by the next run. The new
     snapshot is published only when complete, so searches never see a half-built index.
+    `provider`: one already made for config's model (providers.warmed_provider, started before this
+    module's imports, as the CLI does); embed closes it. Default: made and warmed here.
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index).
     """
     started = time.perf_counter()
-    if config.corpus is None:
-        raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
-    if not config.corpus.exists():
-        raise SourceError(f"{config.corpus}: corpus path does not exist")
-    spec = config.model_spec()
+    with _closed(provider) as keep:  # a caller's provider is closed if the run is refused here
+        if config.corpus is None:
+            raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
+        if not config.corpus.exists():
+            raise SourceError(f"{config.corpus}: corpus path does not exist")
+        spec = config.model_spec()
+        keep()
+    preload_counter(spec)
     # Started first: the access token arrives while the tokenizer loads and the corpus is read.
-    provider = _warmed_provider(config, spec)
+    provider = provider or warmed_provider(spec, config)
     with _closed(provider) as hand_over:
         settings = ChunkSettings.for_model(spec, config.chunking)
         counter = chunk_counter(config, spec)
@@ -383,22 +388,6 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
     done()
 
 
-def _warmed_provider(config: Config, spec: ModelSpec) -> EmbeddingProvider | None:
-    """The provider, its warm-up (if any) started; None if it cannot be made here.
-
-    Started before the corpus is read: a token fetch then overlaps reading, diffing and chunking. When
-    making it fails (no credentials), the run only meets that error if something needs embedding.
-    """
-    try:
-        provider = embedding_provider(spec, config)
-    except PipelineError:
-        return None
-    warm_up = getattr(provider, "warm_up", None)
-    if warm_up is not None:
-        warm_up()
-    return provider
-
-
 async def _embed_missing(config: Config, spec: ModelSpec, items: Iterable[EmbedItem], cache: VectorCache,
                          progress: Progress, after_put: Callable[[], None] | None = None,
                          provider: EmbeddingProvider | None = None) -> EmbedStats:
@@ -429,10 +418,11 @@ class _SnapshotStream:
     missing (a failed document must not be written): the end of the run then writes the table whole.
     """
 
-    ROWS_PER_GROUP = 4096
+    ROW_GROUP_BYTES = 8 << 20  # of vectors: the rows still unwritten when the last batch lands, at most
 
     def __init__(self, snap: Snapshot, chunks: list[Chunk], cache: VectorCache, meta: dict[str, Any]) -> None:
         self.chunks, self.cache, self.meta = chunks, cache, meta
+        self.rows_per_group = max(1, self.ROW_GROUP_BYTES // (4 * cache.dimension))
         self.writer = TableWriter(snap.vectors_path, _empty_table(cache.dimension, meta).schema)
         self.written = 0  # chunks in the file
         self.ready = 0  # chunks[:ready] all have their vectors
@@ -445,7 +435,7 @@ class _SnapshotStream:
         try:
             while self.ready < len(self.chunks) and self.chunks[self.ready].content_hash in self.cache:
                 self.ready += 1
-            if self.ready - self.written >= (1 if final else self.ROWS_PER_GROUP):
+            if self.ready - self.written >= (1 if final else self.rows_per_group):
                 rows = self.chunks[self.written:self.ready]
                 self.writer.write(chunk_table(rows, self.cache.get_many([c.content_hash for c in rows]), self.meta))
                 self.written = self.ready
@@ -539,6 +529,8 @@ def _now_iso() -> str:
 def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
     import pyarrow.parquet as pq
 
+    from .index import build_index
+
     total = pq.ParquetFile(snap.vectors_path).metadata.num_rows
     return build_index(snap, index_type=config.index.index_type,
                        memory_budget_bytes=config.index.memory_budget_bytes,
@@ -572,6 +564,8 @@ class _Searcher:
 
     def __init__(self, config: Config, model: str | None) -> None:
         self.snap = _live(config.out_dir)
+        from .index import load_index
+
         self.index, self.rows, self.meta = load_index(self.snap)
         indexed = self.meta.get("fingerprint", {})
         name = indexed.get("model", "")
@@ -600,6 +594,7 @@ class _Searcher:
              hybrid: bool = False) -> list[Hit]:
         """Top-k hits within the filters: dense, or dense + BM25 fused by reciprocal rank (hybrid)."""
         from .hybrid import load_bm25
+        from .search import hybrid_search, search_vectors
 
         allowed = filters.mask(self.rows) if filters else None
         if hybrid:
@@ -629,6 +624,8 @@ def evaluate(config: Config, dataset: Path, *, work_dir: Path | None = None, k: 
 
     The corpus goes through the normal pipeline into work_dir (default OUT/eval/<dataset>/<model>).
     """
+    from .evaluate import evaluate as run_evaluation
+
     work = work_dir or config.out_dir / "eval" / dataset.stem / config.model
     return run_evaluation(config, dataset, work, k=k, progress=progress)
 
@@ -648,6 +645,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     if not question.strip():
         raise ConfigError("QUESTION: empty question")
     from .answer import chat_answer, chat_backend, resolve_chat_model
+    from .ask import extractive_answer
 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
     searcher = _Searcher(config, model)

@@ -6,8 +6,10 @@ Batches, in-flight and rate limits (learned: ratelimit.py), retries, 413 splits;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .config import EmbeddingConfig
 from .errors import AuthError, BadResponseError, ProviderError, RateLimitError, RequestTooLargeError
@@ -97,23 +99,41 @@ class AdaptiveConcurrency:
         self._clean = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> Slot:
-        """Wait for a free slot; the returned Slot gives it back once, whoever calls release() first."""
-        while self.in_flight >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
+    async def acquire(self, *, first: bool = False) -> Slot:
+        """Wait for a free slot; the returned Slot gives it back once, whoever calls release() first.
+
+        Fair: a freed slot is handed to the longest waiter, so a worker that just released cannot take
+        it back ahead of the queue. `first` queues ahead of the other waiters: a retry goes before fresh
+        batches, so that a batch unlucky enough to fail is not also the one that finishes last.
+        """
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return Slot(self)
+        waiter = asyncio.get_running_loop().create_future()
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
             self._waiters.append(waiter)
-            await waiter
-        self.in_flight += 1
+        try:
+            await waiter  # resolved once a slot is ours: in_flight already counts it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
         return Slot(self)
 
     def _release(self) -> None:
         self.in_flight -= 1
-        self._wake()
+        self._hand_over()
 
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, deque()  # each re-checks the limit when it runs
-        for waiter in waiters:
+    def _hand_over(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
             if not waiter.done():
+                self.in_flight += 1
                 waiter.set_result(None)
 
     def throttled(self) -> None:
@@ -125,7 +145,7 @@ class AdaptiveConcurrency:
         if self._clean >= self.grow_after and self.limit < self.max_limit:
             self._clean = 0
             self.limit += 1
-            self._wake()
+            self._hand_over()
 
 
 class Slot:
@@ -162,8 +182,8 @@ class _Run:
         self.workers = max(2, math.ceil(limit * SPARE_WORKERS))
         self.pacer = RequestPacer(cfg.requests_per_minute / 60)
         self.tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
-        self.backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
-                                               jitter=backoff_initial_s)
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.failing = 0  # failed responses (5xx, timeouts, drops) since the last success, run-wide
         self.pending: deque[EmbedItem] = deque()
         self.pending_tokens = 0
         self.feeding = True
@@ -329,7 +349,7 @@ class _Run:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, RateLimitError) and exc.retry_after:
                 return 0.0  # the pacer's gate already holds every request back until Retry-After has passed
-            return float(self.backoff(state))
+            return self._backoff_s()
 
         async for attempt in AsyncRetrying(stop=stop, wait=wait, retry=retry_if_exception(_retryable),
                                            reraise=True):
@@ -339,8 +359,20 @@ class _Run:
                 return await self._attempt(batch, seen)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _backoff_s(self) -> float:
+        """The wait before a retry, from the server's failure streak rather than this batch's attempts.
+
+        One 500 among successes is the server's bad luck, not its distress: retrying it after 0.5 s or
+        more (a per-batch exponential) cost P3 of bench/embed.md 7 % of its throughput in the run's tail.
+        A server failing everything lengthens the streak by the in-flight count per wave, so the wait
+        reaches backoff_max_s within two waves. Jitter: 0.5x to 1.5x.
+        """
+        streak = max(1, self.failing)
+        base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(streak - 1, 60))
+        return min(self.backoff_max_s, base * random.uniform(0.5, 1.5))
+
     async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
-        slot = await self.concurrency.acquire()
+        slot = await self.concurrency.acquire(first=bool(seen))
         try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
                 raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)
@@ -361,6 +393,7 @@ class _Run:
                                            f"shape {tuple(matrix.shape)}", provider=self.provider.name,
                                            endpoint="embeddings")
                 # Learned before the probe (if this is one) lets the others go.
+                self.failing = 0
                 self.concurrency.succeeded()
                 self.pacer.succeeded()
                 self.sizer.succeeded(len(texts))
@@ -378,6 +411,7 @@ class _Run:
                         self.concurrency.throttled()
                 else:
                     seen["error"] += 1
+                    self.failing += 1
                 raise
             finally:
                 if probe:
@@ -434,7 +468,7 @@ async def embed_items(
     on_batch: OnBatch,
     progress: Callable[[int], None] | None = None,
     splitter: Splitter | None = None,
-    backoff_initial_s: float = 0.5,
+    backoff_initial_s: float = 0.05,
     backoff_max_s: float = 30.0,
 ) -> EmbedStats:
     """Embed every item; hand each finished batch (keys, raw float32 matrix) to `on_batch`.

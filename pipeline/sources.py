@@ -138,11 +138,11 @@ def _decode(path: Path, rel: str, report: SourceReport) -> str | None:
 
 
 def _file_documents(path: Path, rel: str, kind: str, report: SourceReport) -> Iterator[Document]:
+    if kind == "jsonl":
+        yield from _jsonl_documents(path, rel, report)
+        return
     text = _decode(path, rel, report)
     if text is None:
-        return
-    if kind == "jsonl":
-        yield from _jsonl_documents(text, rel, report)
         return
     metadata: dict[str, Any] = {}
     if kind == "html":
@@ -156,31 +156,57 @@ def _file_documents(path: Path, rel: str, kind: str, report: SourceReport) -> It
                    metadata=metadata)
 
 
-def _jsonl_documents(text: str, rel: str, report: SourceReport) -> Iterator[Document]:
-    seen: set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{rel}:{lineno}"
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            report.skip(where, "invalid JSON", str(e).split(":")[0])
-            continue
-        body = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(body, str) or not body.strip():
-            report.skip(where, "record without text")
-            continue
-        record_id = str(record.get("id", lineno))
-        if record_id in seen:
-            report.skip(where, "duplicate record id", record_id)
-            continue
-        seen.add(record_id)
-        metadata = record.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            metadata = {"metadata": metadata}
-        yield Document(doc_id=f"{rel}#{record_id}", source_path=rel, text=body, content_hash=text_hash(body),
-                       doc_type="jsonl", metadata=metadata)
+def _jsonl_documents(path: Path, rel: str, report: SourceReport) -> Iterator[Document]:
+    """Records of a .jsonl file, read a line at a time: the first one is out before the file is read.
+
+    Lines split on \n only (U+2028 is legal inside a JSON string). A bad line (not UTF-8, not JSON, no
+    text, a repeated id) is skipped and reported as FILE:LINE; the rest of the file still counts.
+    """
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        report.skip(rel, "unreadable", e.strerror or str(e))
+        return
+    with f:
+        if b"\x00" in f.read(_SNIFF_BYTES):
+            report.skip(rel, "binary")
+            return
+        f.seek(0)
+        seen: set[str] = set()
+        blank = True
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                continue
+            blank = False
+            where = f"{rel}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.skip(where, "invalid UTF-8", f"byte {e.start}")
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                report.skip(where, "invalid JSON", str(e).split(":")[0])
+                continue
+            body = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(body, str) or not body.strip():
+                report.skip(where, "record without text")
+                continue
+            record_id = str(record.get("id", lineno))
+            if record_id in seen:
+                report.skip(where, "duplicate record id", record_id)
+                continue
+            seen.add(record_id)
+            metadata = record.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                metadata = {"metadata": metadata}
+            yield Document(doc_id=f"{rel}#{record_id}", source_path=rel, text=body, content_hash=text_hash(body),
+                           doc_type="jsonl", metadata=metadata)
+        if blank:
+            report.skip(rel, "empty")
 
 
 def _walk(root: Path) -> Iterator[Path]:

@@ -132,8 +132,9 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 class TableWriter:
     """write_table_atomic one row group at a time: rows go to a temporary file, commit() renames it.
 
-    Lets a run write its snapshot while the last batches are still being embedded. Not thread-safe:
-    one writer thread at a time.
+    Lets a run write its snapshot while the last batches are still being embedded. Each row group is
+    flushed to disk as it is written (in the writer's thread), so commit() waits for the last one only.
+    Not thread-safe: one writer thread at a time.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -147,6 +148,8 @@ class TableWriter:
             raise StoreError(f"{self.path}: writer already closed")
         self._writer.write_table(table)
         self.rows += table.num_rows
+        with open(self._tmp, "rb") as f:
+            os.fdatasync(f.fileno())
 
     def commit(self) -> None:
         if self._writer is None:

@@ -13,9 +13,11 @@ turns the proxy into a ceiling instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +33,7 @@ __all__ = [
     "ProxyCounter",
     "TokenCounter",
     "fitter_for",
+    "preload_counter",
     "token_counter_for",
 ]
 
@@ -211,11 +214,33 @@ def _proxy() -> ProxyCounter:
     return ProxyCounter()
 
 
+_LOADING = threading.Lock()  # one load of a tokenizer, whichever thread asks first
+
+
 def token_counter_for(spec: ModelSpec) -> TokenCounter:
     """The counter for a model: exact for the local e5 model, the offline proxy bound otherwise.
 
     Raises ConfigError for an unknown tokenizer name in the registry.
     """
+    with _LOADING:
+        return _counter_for(spec)
+
+
+def preload_counter(spec: ModelSpec) -> None:
+    """Start loading spec's tokenizer in a daemon thread; token_counter_for then waits for it.
+
+    The tokenizers load in native code with the GIL released (cl100k: 0.2 s), so the loading overlaps
+    the imports and the provider's warm-up instead of following them. Errors are left for the caller's
+    own token_counter_for to raise where they can be reported.
+    """
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            token_counter_for(spec)
+
+    threading.Thread(target=load, name="tokenizer-preload", daemon=True).start()
+
+
+def _counter_for(spec: ModelSpec) -> TokenCounter:
     if spec.tokenizer == "e5":
         from .providers.local import e5_token_counter
 

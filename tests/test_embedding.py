@@ -170,6 +170,95 @@ def test_slot_is_freed_when_the_response_arrives_not_after_decoding(fake_spec: M
     assert peak_total > 3  # ...while earlier responses were still being decoded
 
 
+
+def _attempt_times(provider_cls, fake_spec: ModelSpec, items: list[EmbedItem], cfg: EmbeddingConfig,
+                   initial_s: float) -> tuple[dict[str, list[float]], object]:
+    times: dict[str, list[float]] = {}
+
+    class Timed(provider_cls):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
+            times.setdefault(texts[0], []).append(asyncio.get_running_loop().time())
+            return await super().embed_batch(texts)
+
+    async def on_batch(keys, matrix):
+        return None
+
+    stats = asyncio.run(embed_items(Timed(fake_spec), items, cfg, on_batch=on_batch,
+                                    backoff_initial_s=initial_s, backoff_max_s=10.0))
+    return times, stats
+
+
+def test_a_failing_server_is_backed_off_exponentially(fake_spec: ModelSpec) -> None:
+    class Down(FakeProvider):
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
+            raise ServerError("down", provider="fake")
+
+    times, stats = _attempt_times(Down, fake_spec, _items(1), EmbeddingConfig(max_attempts=5), 0.02)
+    calls = times["text number 0"]
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert len(calls) == 5 and stats.failed
+    assert gaps[0] <= 0.03 + 0.02  # 0.02 x 0.5..1.5 (+ scheduling)
+    assert gaps[3] >= 0.16 * 0.5  # the fourth wait of an unbroken streak: 8x the first
+
+
+def test_an_isolated_failure_is_retried_soon_whatever_the_batch_went_through(fake_spec: ModelSpec) -> None:
+    # One batch fails 4 times while the others succeed: each of its waits starts from the shortest,
+    # because the server keeps answering; a per-batch exponential would wait 8x at the fourth.
+    class Unlucky(FakeProvider):
+        failures = 0
+
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
+            await asyncio.sleep(0.02)
+            if texts[0] == "text number 0" and Unlucky.failures < 4:
+                Unlucky.failures += 1
+                raise ServerError("bad luck", provider="fake")
+            return await super().embed_batch(texts)
+
+    cfg = EmbeddingConfig(max_attempts=6, concurrency=1, batch_size=1)
+    times, stats = _attempt_times(Unlucky, fake_spec, _items(40), cfg, 0.1)
+    calls = times["text number 0"]
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert len(calls) == 5 and not stats.failed
+    # 0.02 s of its own call + at most 0.15 s of wait + one other call ahead of it in the slot
+    assert max(gaps) < 0.02 + 0.15 + 0.02 + 0.05, gaps
+
+
+def test_a_retry_takes_the_next_free_slot_before_fresh_batches() -> None:
+    async def go() -> list[str]:
+        limiter = AdaptiveConcurrency(1)
+        held = await limiter.acquire()
+        order: list[str] = []
+
+        async def take(name: str, first: bool) -> None:
+            slot = await limiter.acquire(first=first)
+            order.append(name)
+            slot.release()
+
+        tasks = [asyncio.create_task(take("fresh-1", False)), asyncio.create_task(take("fresh-2", False))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(take("retry", True)))
+        await asyncio.sleep(0)
+        held.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(go())[0] == "retry"
+
+
+def test_a_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    async def go() -> int:
+        limiter = AdaptiveConcurrency(1)
+        held = await limiter.acquire()
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0)
+        held.release()  # handed to the waiter...
+        waiter.cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return limiter.in_flight
+
+    assert asyncio.run(go()) == 0
+
 # -- the scheduler's policies (pure) and its feed
 
 def test_batch_sizer_finds_the_server_cap_by_binary_search() -> None:

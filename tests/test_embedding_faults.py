@@ -251,7 +251,7 @@ def test_plan_sends_nothing_and_counts_what_the_cache_saves(corpus: Path, tmp_pa
 
 def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api._SnapshotStream, "ROWS_PER_GROUP", 16)
+    monkeypatch.setattr(api._SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
     with start_emulator(_profile(base_latency_ms=5)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=4)
         report = _embed(config)
@@ -268,7 +268,7 @@ def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: 
 
 def test_failed_batches_drop_the_streamed_file_and_their_documents(corpus: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api._SnapshotStream, "ROWS_PER_GROUP", 16)
+    monkeypatch.setattr(api._SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
     with start_emulator(_profile(error_rate=0.3)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=2,
                          max_attempts=1)

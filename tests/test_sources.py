@@ -47,6 +47,32 @@ def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     assert report.skipped == {"invalid JSON": 1, "record without text": 1, "duplicate record id": 1}
 
 
+
+def test_jsonl_is_read_a_line_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    lines = [b'\xef\xbb\xbf{"id": "a", "text": "first"}\r\n',  # a BOM and CRLF line ends
+             '{"id": "b", "text": "one\u2028two"}\n'.encode(),  # U+2028 inside a string is not a line end
+             b'{"id": "c", "text": "caf\xe9"}\n',  # Latin-1, not UTF-8: this record only is skipped
+             b'{"id": "d", "text": "last"}\n']
+    path.write_bytes(b"".join(lines))
+    report = SourceReport()
+    docs = iter_documents(path, report)
+    first = next(docs)
+    assert first.doc_id == "r.jsonl#a" and first.text == "first"
+    assert not report.skipped  # the bad line 3 has not been read yet
+    rest = list(docs)
+    assert [d.doc_id for d in rest] == ["r.jsonl#b", "r.jsonl#d"]
+    assert rest[0].text == "one\u2028two"
+    assert report.skipped == {"invalid UTF-8": 1}
+    assert report.warnings == ["r.jsonl:3: skipped (invalid UTF-8: byte 24)"]
+
+
+def test_jsonl_of_blank_lines_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "blank.jsonl").write_text("\n  \n\n", encoding="utf-8")
+    report = SourceReport()
+    assert list(iter_documents(tmp_path, report)) == []
+    assert report.skipped == {"empty": 1}
+
 def test_single_file_corpus_and_unsupported_types(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("hello", encoding="utf-8")
     (tmp_path / "b.pdf").write_bytes(b"%PDF")

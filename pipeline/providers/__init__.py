@@ -9,14 +9,14 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PipelineError
 from ..records import ModelSpec
 from .base import EmbeddingProvider
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["EmbeddingProvider", "embedding_provider", "provider_endpoint"]
+__all__ = ["EmbeddingProvider", "embedding_provider", "provider_endpoint", "warmed_provider"]
 
 
 def provider_endpoint(spec: ModelSpec, config: Config) -> str:
@@ -56,3 +56,20 @@ def embedding_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider:
             provider: EmbeddingProvider = ep.load()(spec, config)
             return provider
     raise ConfigError(f"model {spec.name}: no provider named {spec.provider!r} is installed")
+
+
+def warmed_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider | None:
+    """embedding_provider with its warm-up (if any) started; None if it cannot be made here.
+
+    Made first thing: a token fetch then overlaps the imports, reading and chunking that come before the
+    first batch. When making it fails (no credentials), the run only meets that error if something needs
+    embedding.
+    """
+    try:
+        provider = embedding_provider(spec, config)
+    except PipelineError:
+        return None
+    warm_up = getattr(provider, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+    return provider

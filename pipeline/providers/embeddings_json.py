@@ -5,12 +5,13 @@ The arrays are cut out of the body by position and parsed by pyarrow; orjson rea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["LARGE_BODY_BYTES", "decode_embeddings"]
 
@@ -70,6 +71,10 @@ def _vector_spans(body: bytes) -> list[tuple[int, int]]:
 
 
 def _parse_rows(body: bytes, spans: list[tuple[int, int]]) -> np.ndarray | None:
+    # Imported here: pyarrow (80 ms) then loads with the first response, not before the token request.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     view = memoryview(body)
     text = b"".join([view[s:e] for s, e in spans])
     if len(text) >= 2**31:  # int32 offsets

@@ -6,6 +6,7 @@ Applies the model's instructions and checks shapes; batching, retries and rate l
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ class GigaChatEmbeddingProvider:
         self._aclient: AsyncGigaChatClient | None = None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._client: GigaChatClient | None = None
+        self._client_lock = threading.Lock()  # the warm-up's thread may make it while the caller asks
         self.tokens_used = 0  # cumulative prompt tokens the service reported for embedded texts
         self.last_usage_tokens: list[int] = []  # per-text tokens of the last batch
 
@@ -58,9 +60,10 @@ class GigaChatEmbeddingProvider:
         return self._aclient
 
     def _sync_client(self) -> GigaChatClient:
-        if self._client is None:
-            self._client = GigaChatClient(self.settings, token_manager=self._auth)
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = GigaChatClient(self.settings, token_manager=self._auth)
+            return self._client
 
     def _inputs(self, texts: Sequence[str], is_query: bool) -> list[str]:
         prefix = self.spec.query_instruction if is_query else self.spec.passage_instruction
@@ -90,8 +93,11 @@ class GigaChatEmbeddingProvider:
                             len(texts))
 
     def warm_up(self) -> None:
-        """Start fetching the access token in a thread, so the first batch does not wait for it."""
-        self._auth.prefetch(self._sync_client()._fetch_token)
+        """Start fetching the access token in a thread, so the first batch does not wait for it.
+
+        The client (its TLS context: 50 ms) is made in that thread too, while the caller goes on.
+        """
+        self._auth.prefetch(lambda request: self._sync_client()._fetch_token(request))
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """The service's own counts from /tokens/count (text only, no instruction prefix)."""
@@ -104,6 +110,7 @@ class GigaChatEmbeddingProvider:
         self.close()
 
     def close(self) -> None:
-        client, self._client = self._client, None
+        with self._client_lock:
+            client, self._client = self._client, None
         if client is not None:
             client.close()
