@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -420,6 +421,10 @@ def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens:
 
 def main() -> NoReturn:
     """The console script (and `python -m pipeline`): one command, then an immediate exit with its code."""
+    # A run keeps every chunk and document until it ends, and CPython's default thresholds rescan them
+    # all in full collections (0.3 s in a 37k-chunk run, 0.1 s of it in the last step): collections
+    # wait for 100k new objects instead of 700, and full ones come 10x rarer.
+    gc.set_threshold(100_000, 20, 100)
     _exit_now(_run())
 
 
