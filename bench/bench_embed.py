@@ -128,9 +128,9 @@ def run_case(case: Case, corpus: Path, work: Path, *, variant: str, index: bool,
         emu.reset_stats()
         load = os.getloadavg()[0]
         before, emu_before, busy_before = resource.getrusage(resource.RUSAGE_CHILDREN), emulator.cpu_times(), _busy_cpu_s()
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        wall, ended_at = time.perf_counter() - started, time.time()
         after, emu_after, busy_after = resource.getrusage(resource.RUSAGE_CHILDREN), emulator.cpu_times(), _busy_cpu_s()
         stats = emu.stats()
     if not proc.stdout.lstrip().startswith("{"):
@@ -148,6 +148,10 @@ def run_case(case: Case, corpus: Path, work: Path, *, variant: str, index: bool,
         "cpu_s": cpu, "cpu_per_1k": cpu / texts * 1000, "emulator_cpu_s": emu_cpu,
         "others_cpu_s": (busy_after - busy_before) - cpu - emu_cpu, "failed": report["failed_chunks"],
         "index_s": (report.get("index") or {}).get("build_seconds", 0.0), "load": load,
+        # the wall time split by the server's clock: before its first API call, calls, after the last answer
+        "start_s": stats["first_call_at"] - started_at,
+        "calls_s": stats["last_call_done_at"] - stats["first_call_at"],
+        "finish_s": ended_at - stats["last_call_done_at"],
         "check": _check(root / "out", case.model, _expected_chunks(case.model, corpus, expected)),
     }
     row["pct"] = 100 * row["texts_per_s"] / case.ceiling
@@ -233,12 +237,14 @@ def simulate(case: Case, texts: int, requests_per_minute: float = 0.0) -> dict[s
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| profile | client | chunks | wall s | texts/s | % of ceiling | embed phase texts/s (%) | requests "
-             "| 429 | 500 | 401 | 413 | CPU s / 1k texts | CPU s: ours / emulator / others | check |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| profile | client | chunks | wall s | texts/s | % of ceiling | start / calls / finish s "
+             "| embed phase texts/s (%) | requests | 429 | 500 | 401 | 413 | CPU s / 1k texts "
+             "| CPU s: ours / emulator / others | check |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['case']} ({r['ceiling']:.0f}/s) | {r['variant']} | {r['chunks']} | {r['wall_s']:.1f} | "
-                     f"{r['texts_per_s']:.0f} | {r['pct']:.1f} % | {r['embed_texts_per_s']:.0f} "
+                     f"{r['texts_per_s']:.0f} | {r['pct']:.1f} % | {r['start_s']:.2f} / {r['calls_s']:.2f} / "
+                     f"{r['finish_s']:.2f} | {r['embed_texts_per_s']:.0f} "
                      f"({r['embed_pct']:.1f} %) | {r['requests']} | {r['429']} | {r['500']} | {r['401']} | "
                      f"{r['413']} | {r['cpu_per_1k']:.2f} | {r['cpu_s']:.0f} / {r['emulator_cpu_s']:.0f} / "
                      f"{r['others_cpu_s']:.0f} | {r['check']} |")
@@ -252,6 +258,7 @@ def main() -> None:
     parser.add_argument("--naive-passages", type=int, default=20_000,
                         help="passages for the naive baseline (slow; its texts/s hardly depends on size)")
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of our client per profile (shared machines vary)")
     parser.add_argument("--no-simulate", action="store_true")
     parser.add_argument("--index", action="store_true", help="also build the index (skipped by default)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/pipeline-bench-embed"))
@@ -268,7 +275,8 @@ def main() -> None:
     expected: dict[tuple[str, Path], list[str]] = {}
     for name in args.profiles.split(","):
         case = CASES[name]
-        rows.append(run_case(case, corpus, args.work, variant="ours", index=args.index, expected=expected))
+        for _ in range(args.repeat):
+            rows.append(run_case(case, corpus, args.work, variant="ours", index=args.index, expected=expected))
         if not args.no_naive:
             rows.append(run_case(case, naive_corpus, args.work, variant="naive", index=args.index, expected=expected))
         if not args.no_simulate:

@@ -77,6 +77,8 @@ class Stats:
     tokens_issued: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    first_call_at: float = 0.0  # Unix time the first API-host call arrived (0: none yet), for benchmarks
+    last_call_done_at: float = 0.0  # Unix time the latest admitted API-host call was answered
     errors_injected: int = 0
     connections_dropped: int = 0
     wrong_counts: int = 0
@@ -218,6 +220,7 @@ class Gateway:
         stats.by_path[self._route_path(scope)] += 1
         api_host = path != OAUTH_PATH
         if api_host:
+            stats.first_call_at = stats.first_call_at or time.time()
             refusal = self._admission()
             if refusal is not None:
                 await json_response(refusal.body, refusal.status, refusal.headers)(
@@ -226,6 +229,7 @@ class Gateway:
                 return
             stats.in_flight += 1
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+
         try:
             delay_s = self.state.profile.base_latency_ms / 1000 + self.state.jitter_s()
             # Handlers with latency of their own (embeddings) add it to this due time rather than to their
@@ -249,6 +253,7 @@ class Gateway:
         finally:
             if api_host:
                 stats.in_flight -= 1
+                stats.last_call_done_at = time.time()
 
     def _admission(self) -> ApiError | None:
         """A 429 when the concurrency cap or the rate limit refuses the call, else None."""

@@ -235,11 +235,15 @@ def test_stats_count_and_reset(
 ) -> None:
     emu = make_emulator()
     client = make_client(emu)
+    before = time.time()
     client.post("/embeddings", json={"model": "Embeddings", "input": ["a", "b", "c"]})
     client.get("/models/nope")
     client.get("/files/abc")
+    after = time.time()
     stats = http.get(f"{emu.root_url}/_stats").json()
     assert stats == emu.stats()
+    # when the API calls (not the token's) began and ended, for a benchmark to split a run's wall time
+    assert before < stats["first_call_at"] < stats["last_call_done_at"] <= after
     assert stats["requests"] == 4 and stats["tokens_issued"] == 1 and stats["texts_embedded"] == 3
     assert stats["status_counts"] == {"200": 2, "404": 2}
     assert stats["by_path"] == {
