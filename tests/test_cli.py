@@ -74,3 +74,13 @@ def test_lock_held_exits_with_its_own_code(tiny_corpus: Path, tmp_path: Path) ->
     with FileLock(out / ".lock"):
         result = run("embed", str(tiny_corpus), "--out", str(out), "--no-progress")
     assert result.returncode == 75 and "lock" in result.stderr
+
+
+def test_the_cli_starts_without_the_heavy_stages() -> None:
+    # Each command imports its own stages: `embed` fetches its token and loads its tokenizer before numpy and
+    # pyarrow load, and --help answers at once. An import at the top of cli.py would undo both.
+    probe = ("import sys, pipeline.cli; "
+             "print(sorted(m for m in ('numpy', 'pyarrow', 'faiss', 'httpx', 'pipeline.api') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

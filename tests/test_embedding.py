@@ -1,4 +1,5 @@
 import asyncio
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -195,7 +196,7 @@ def test_a_failing_server_is_backed_off_exponentially(fake_spec: ModelSpec) -> N
 
     times, stats = _attempt_times(Down, fake_spec, _items(1), EmbeddingConfig(max_attempts=5), 0.02)
     calls = times["text number 0"]
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in pairwise(calls)]
     assert len(calls) == 5 and stats.failed
     assert gaps[0] <= 0.03 + 0.02  # 0.02 x 0.5..1.5 (+ scheduling)
     assert gaps[3] >= 0.16 * 0.5  # the fourth wait of an unbroken streak: 8x the first
@@ -217,7 +218,7 @@ def test_an_isolated_failure_is_retried_soon_whatever_the_batch_went_through(fak
     cfg = EmbeddingConfig(max_attempts=6, concurrency=1, batch_size=1)
     times, stats = _attempt_times(Unlucky, fake_spec, _items(40), cfg, 0.1)
     calls = times["text number 0"]
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in pairwise(calls)]
     assert len(calls) == 5 and not stats.failed
     # 0.02 s of its own call + at most 0.15 s of wait + one other call ahead of it in the slot
     assert max(gaps) < 0.02 + 0.15 + 0.02 + 0.05, gaps

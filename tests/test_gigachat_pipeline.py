@@ -34,6 +34,8 @@ def test_embed_the_sample_corpus_through_gigachat(tmp_path: Path, model: str, di
         assert result.returncode == 0, result.stderr
         stats = emu.stats()
         assert stats["status_counts"].get("413", 0) == 0  # the chunker stays under the service's own count
+        # The CLI starts the token fetch before the stages import and hands that provider to embed: one token.
+        assert stats["tokens_issued"] == 1
         search = _cli("search", "how do I create a virtual environment", "-k", "3", "--out", str(out), env=env)
         assert search.returncode == 0, search.stderr
     table = pq.read_table(current_snapshot(out).vectors_path)

@@ -210,3 +210,36 @@ def test_cached_counter_refuses_a_short_answer() -> None:
     counter = CachedCounter("broken", lambda texts: [1], overhead_tokens=0)
     with pytest.raises(BadResponseError, match="1 token counts for 2 texts"):
         counter.count_many(["a", "b"])
+
+
+def test_a_preloaded_counter_is_loaded_once_and_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import quicktok
+
+    from pipeline import tokens
+    from pipeline.config import load_config
+
+    loads: list[str] = []
+    real = quicktok.get_encoding
+
+    def slow_load(name: str, *args: object) -> object:
+        loads.append(threading.current_thread().name)
+        time.sleep(0.2)  # long enough for the second caller to arrive while the first is loading
+        return real(name, *args)
+
+    monkeypatch.setattr(quicktok, "get_encoding", slow_load)
+    tokens._proxy.cache_clear()
+    tokens._cl100k.cache_clear()
+    try:
+        spec = load_config(None, model="Embeddings").model_spec()
+        tokens.preload_counter(spec)  # a thread starts loading...
+        time.sleep(0.05)
+        counter = tokens.token_counter_for(spec)  # ...and this waits for that load instead of starting another
+        assert loads == ["tokenizer-preload"]
+        assert counter is tokens.token_counter_for(spec)
+        assert counter.count("привет, мир") > counter.count("")
+    finally:
+        tokens._proxy.cache_clear()
+        tokens._cl100k.cache_clear()
