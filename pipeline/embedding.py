@@ -183,7 +183,7 @@ class _Run:
         self.pacer = RequestPacer(cfg.requests_per_minute / 60)
         self.tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
-        self.failing = 0  # failed responses (5xx, timeouts, drops) since the last success, run-wide
+        self.failing = 0  # failed responses (5xx, timeouts, drops, 429s naming no wait) since the last success
         self.pending: deque[EmbedItem] = deque()
         self.pending_tokens = 0
         self.feeding = True
@@ -409,6 +409,7 @@ class _Run:
                         self.pacer.rate_limited(time.monotonic(), e.retry_after, sent_at)
                     else:  # GigaChat's 429 is "too many concurrent requests" (gigachat-api.md §6)
                         self.concurrency.throttled()
+                        self.failing += 1  # no moment named: a run of them backs off like failures
                 else:
                     seen["error"] += 1
                     self.failing += 1

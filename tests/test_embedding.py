@@ -224,6 +224,23 @@ def test_an_isolated_failure_is_retried_soon_whatever_the_batch_went_through(fak
     assert max(gaps) < 0.02 + 0.15 + 0.02 + 0.05, gaps
 
 
+def test_a_long_run_of_429s_without_retry_after_is_waited_out(fake_spec: ModelSpec) -> None:
+    # "Too many concurrent requests" with no Retry-After for 1 s: every refusal lengthens the wait, so a
+    # batch's 10 allowed 429s (max_attempts 2 x 5) span the storm instead of being spent in half a second.
+    class Storm(FakeProvider):
+        until = 0.0
+
+        async def embed_batch(self, texts, *, is_query=False, on_received=None):
+            now = asyncio.get_running_loop().time()
+            Storm.until = Storm.until or now + 1.0
+            if now < Storm.until:
+                raise RateLimitError("too many concurrent requests", provider="fake", retry_after=None)
+            return await super().embed_batch(texts)
+
+    times, stats = _attempt_times(Storm, fake_spec, _items(2), EmbeddingConfig(max_attempts=2, concurrency=1), 0.02)
+    assert not stats.failed and stats.texts == 2
+    assert stats.rate_limited <= 10
+
 def test_a_retry_takes_the_next_free_slot_before_fresh_batches() -> None:
     async def go() -> list[str]:
         limiter = AdaptiveConcurrency(1)
