@@ -244,7 +244,8 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False,
         keep()
     preload_counter(spec)
     # Started first: the access token arrives while the tokenizer loads and the corpus is read.
-    provider = provider or warmed_provider(spec, config)
+    if provider is None:
+        provider = warmed_provider(spec, config)
     with _closed(provider) as hand_over:
         settings = ChunkSettings.for_model(spec, config.chunking)
         counter = chunk_counter(config, spec)
