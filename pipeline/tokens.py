@@ -215,6 +215,7 @@ def _proxy() -> ProxyCounter:
 
 
 _LOADING = threading.Lock()  # one load of a tokenizer, whichever thread asks first
+_PRELOADING: set[str] = set()  # tokenizers a preload thread was started for
 
 
 def token_counter_for(spec: ModelSpec) -> TokenCounter:
@@ -231,8 +232,13 @@ def preload_counter(spec: ModelSpec) -> None:
 
     The tokenizers load in native code with the GIL released (cl100k: 0.2 s), so the loading overlaps
     the imports and the provider's warm-up instead of following them. Errors are left for the caller's
-    own token_counter_for to raise where they can be reported.
+    own token_counter_for to raise where they can be reported. Once per tokenizer: the CLI starts it
+    before api.embed, which starts it for other callers.
     """
+    if spec.tokenizer in _PRELOADING:
+        return
+    _PRELOADING.add(spec.tokenizer)
+
     def load() -> None:
         with contextlib.suppress(Exception):
             token_counter_for(spec)

@@ -232,6 +232,7 @@ def test_a_preloaded_counter_is_loaded_once_and_shared(monkeypatch: pytest.Monke
     monkeypatch.setattr(quicktok, "get_encoding", slow_load)
     tokens._proxy.cache_clear()
     tokens._cl100k.cache_clear()
+    tokens._PRELOADING.clear()
     try:
         spec = load_config(None, model="Embeddings").model_spec()
         tokens.preload_counter(spec)  # a thread starts loading...
