@@ -1,0 +1,106 @@
+"""Retry: the bounded retry policy of one-off provider calls (a query's embedding, a chat turn, a vision call).
+
+Sync and async share one policy (tenacity underneath); the batch embedder schedules its own retries (embedding.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
+
+from ..errors import ProviderError, RateLimitError
+
+__all__ = ["DEFAULT_MAX_RETRY_AFTER_S", "RetryPolicy", "usable_retry_after"]
+
+T = TypeVar("T")
+DEFAULT_MAX_RETRY_AFTER_S = 300.0  # a Retry-After beyond this is not waited for: the call fails (retryable)
+
+
+def usable_retry_after(retry_after: float | None, cap_s: float) -> float | None:
+    """The wait a server asked for, if it is one to honour: finite, and at most `cap_s` seconds."""
+    if retry_after is None or not math.isfinite(retry_after) or retry_after > cap_s:
+        return None
+    return max(0.0, retry_after)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts, backoff and a deadline for one call; retries only errors marked retryable.
+
+    A 429's Retry-After is honoured up to max_retry_after_s; beyond it the call fails at once with a
+    RateLimitError that says why, since waiting a day holds the output lock and the scheduler's slot.
+    """
+
+    max_attempts: int = 4
+    initial_wait_s: float = 0.25
+    max_wait_s: float = 8.0
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    deadline_s: float | None = 120.0  # the whole call, retries included; None: attempts alone bound it
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn(), retried under this policy; raises its last error."""
+        try:
+            for attempt in Retrying(**self._tenacity()):
+                with attempt:
+                    return fn()
+        except RateLimitError as e:
+            raise self._explained(e) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """await fn(), retried under this policy; raises its last error."""
+        try:
+            async for attempt in AsyncRetrying(**self._tenacity()):
+                with attempt:
+                    return await fn()
+        except RateLimitError as e:
+            raise self._explained(e) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tenacity(self) -> dict[str, object]:
+        return {"stop": self._stop, "wait": self._wait, "retry": retry_if_exception(self._retryable),
+                "reraise": True}
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, ProviderError) or not exc.retryable:
+            return False
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            return usable_retry_after(exc.retry_after, self.max_retry_after_s) is not None
+        return True
+
+    def _stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.max_attempts:
+            return True
+        return self.deadline_s is not None and \
+            (state.seconds_since_start or 0.0) + self._longest_wait(state) > self.deadline_s
+
+    def _wait(self, state: RetryCallState) -> float:
+        if self._asked(state) is not None:
+            return self._longest_wait(state)
+        return self._longest_wait(state) * random.uniform(0.5, 1.0)
+
+    def _longest_wait(self, state: RetryCallState) -> float:
+        asked = self._asked(state)
+        if asked is not None:
+            return asked
+        return min(self.max_wait_s, self.initial_wait_s * 2.0 ** (state.attempt_number - 1))
+
+    def _asked(self, state: RetryCallState) -> float | None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitError):
+            return usable_retry_after(exc.retry_after, self.max_retry_after_s)
+        return None
+
+    def _explained(self, e: RateLimitError) -> RateLimitError:
+        """The same error; when its Retry-After was not honoured, saying so (still retryable: later may work)."""
+        if e.retry_after is None or usable_retry_after(e.retry_after, self.max_retry_after_s) is not None:
+            return e
+        why = (f"the server asked to wait {e.retry_after:g} s, over the {self.max_retry_after_s:g} s cap "
+               f"(max_retry_after_s)")
+        return RateLimitError(f"{e.server_message}; {why}", provider=e.provider, endpoint=e.endpoint,
+                              status=e.status, retry_after=e.retry_after)
