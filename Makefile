@@ -45,6 +45,7 @@ test-integration: $(STAMP) $(LITELLM_VENV)/.installed
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -9,6 +9,7 @@ Pure definitions; no I/O. Messages never contain credentials or tokens.
     ├── IndexBuildError        index cannot be built (e.g. over the memory budget)
     ├── ModelMismatchError     index and query model/fingerprint differ
     ├── LockHeldError          another run holds the output directory's lock
+    ├── DeadlineError          the command ran past its --deadline
     └── ProviderError          an API call failed (provider, endpoint, status, retryable)
         ├── AuthError          401/403, or OAuth refused the credentials
         ├── RateLimitError     429 (retry_after seconds, when the server gave one)
@@ -28,6 +29,7 @@ __all__ = [
     "BadResponseError",
     "ConfigError",
     "ContentRefusedError",
+    "DeadlineError",
     "IndexBuildError",
     "LockHeldError",
     "ModelMismatchError",
@@ -70,6 +72,10 @@ class ModelMismatchError(PipelineError):
 
 class LockHeldError(PipelineError):
     exit_code = 75  # EX_TEMPFAIL: a scheduler may simply try again later
+
+
+class DeadlineError(PipelineError):
+    exit_code = 124  # as timeout(1): the command was stopped, nothing half-done was published
 
 
 class ProviderError(PipelineError):
