@@ -103,6 +103,7 @@ class EmbeddingConfig:
     requests_per_minute: float = 0
     tokens_per_minute: float = 0
     max_attempts: int = 6
+    max_retry_after_s: float = 300.0  # a longer Retry-After (or inf) is not waited for: the call fails, retryable
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,16 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .config import EmbeddingConfig
-from .errors import AuthError, BadResponseError, ProviderError, RateLimitError, RequestTooLargeError
+from .errors import (
+    AuthError,
+    BadResponseError,
+    ProviderError,
+    RateLimitError,
+    RequestTooLargeError,
+    RetryAfterTooLongError,
+)
 from .providers.base import EmbeddingProvider
+from .providers.retry import explain_retry_after, usable_retry_after
 from .ratelimit import BatchSizer, RequestPacer
 from .records import ModelSpec
 
@@ -161,7 +169,8 @@ class Slot:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderError) and exc.retryable
+    # A Retry-After past the cap is retryable for a later run, not within this one.
+    return isinstance(exc, ProviderError) and exc.retryable and not isinstance(exc, RetryAfterTooLongError)
 
 
 class _Run:
@@ -319,7 +328,8 @@ class _Run:
             self.stats.failed[item.key] = str(error)
         log.warning("batch of %d texts failed: %s", len(batch), error)
         self.failed_in_a_row += 1
-        if isinstance(error, AuthError) or self.failed_in_a_row >= ABORT_AFTER_FAILED_BATCHES:
+        if isinstance(error, (AuthError, RetryAfterTooLongError)) or \
+                self.failed_in_a_row >= ABORT_AFTER_FAILED_BATCHES:
             self._abort(f"not sent: the run stopped after {self.failed_in_a_row} failed batch(es), "
                         f"last: {error}")
 
@@ -347,7 +357,7 @@ class _Run:
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RateLimitError) and exc.retry_after:
+            if isinstance(exc, RateLimitError) and usable_retry_after(exc.retry_after, self.cfg.max_retry_after_s):
                 return 0.0  # the pacer's gate already holds every request back until Retry-After has passed
             return self._backoff_s()
 
@@ -405,8 +415,11 @@ class _Run:
                 elif isinstance(e, RateLimitError):
                     seen["rate"] += 1
                     self.stats.rate_limited += 1
-                    if e.retry_after:  # a rate limit: it names the moment a request can get in again
-                        self.pacer.rate_limited(time.monotonic(), e.retry_after, sent_at)
+                    asked = usable_retry_after(e.retry_after, self.cfg.max_retry_after_s)
+                    if asked is not None:  # a rate limit: it names the moment a request can get in again
+                        self.pacer.rate_limited(time.monotonic(), asked, sent_at)
+                    elif e.retry_after is not None:  # inf, or a day: not worth holding the lock and the job
+                        raise explain_retry_after(e, self.cfg.max_retry_after_s) from None
                     else:  # GigaChat's 429 is "too many concurrent requests" (gigachat-api.md §6)
                         self.concurrency.throttled()
                         self.failing += 1  # no moment named: a run of them backs off like failures

@@ -13,6 +13,7 @@ Pure definitions; no I/O. Messages never contain credentials or tokens.
     └── ProviderError          an API call failed (provider, endpoint, status, retryable)
         ├── AuthError          401/403, or OAuth refused the credentials
         ├── RateLimitError     429 (retry_after seconds, when the server gave one)
+        │   └── RetryAfterTooLongError  it asked for a wait over the cap (or inf): not waited for
         ├── RequestTooLargeError 413 (or 422 for over-long input)
         ├── BadRequestError    400/404/422: the request itself is wrong
         ├── ServerError        5xx
@@ -38,6 +39,7 @@ __all__ = [
     "ProviderError",
     "RateLimitError",
     "RequestTooLargeError",
+    "RetryAfterTooLongError",
     "ServerError",
     "SourceError",
     "StoreError",
@@ -115,6 +117,10 @@ class RateLimitError(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class RetryAfterTooLongError(RateLimitError):
+    """Still retryable (a later run may get in), but not within this command: waiting would hold its lock."""
 
 
 class RequestTooLargeError(ProviderError):

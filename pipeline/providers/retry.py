@@ -13,9 +13,9 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
-from ..errors import ProviderError, RateLimitError
+from ..errors import ProviderError, RateLimitError, RetryAfterTooLongError
 
-__all__ = ["DEFAULT_MAX_RETRY_AFTER_S", "RetryPolicy", "usable_retry_after"]
+__all__ = ["DEFAULT_MAX_RETRY_AFTER_S", "RetryPolicy", "explain_retry_after", "usable_retry_after"]
 
 T = TypeVar("T")
 DEFAULT_MAX_RETRY_AFTER_S = 300.0  # a Retry-After beyond this is not waited for: the call fails (retryable)
@@ -49,7 +49,7 @@ class RetryPolicy:
                 with attempt:
                     return fn()
         except RateLimitError as e:
-            raise self._explained(e) from None
+            raise explain_retry_after(e, self.max_retry_after_s) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -59,7 +59,7 @@ class RetryPolicy:
                 with attempt:
                     return await fn()
         except RateLimitError as e:
-            raise self._explained(e) from None
+            raise explain_retry_after(e, self.max_retry_after_s) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _tenacity(self) -> dict[str, object]:
@@ -96,11 +96,11 @@ class RetryPolicy:
             return usable_retry_after(exc.retry_after, self.max_retry_after_s)
         return None
 
-    def _explained(self, e: RateLimitError) -> RateLimitError:
-        """The same error; when its Retry-After was not honoured, saying so (still retryable: later may work)."""
-        if e.retry_after is None or usable_retry_after(e.retry_after, self.max_retry_after_s) is not None:
-            return e
-        why = (f"the server asked to wait {e.retry_after:g} s, over the {self.max_retry_after_s:g} s cap "
-               f"(max_retry_after_s)")
-        return RateLimitError(f"{e.server_message}; {why}", provider=e.provider, endpoint=e.endpoint,
-                              status=e.status, retry_after=e.retry_after)
+
+def explain_retry_after(e: RateLimitError, cap_s: float) -> RateLimitError:
+    """`e`, or when its Retry-After is not one to honour, a RetryAfterTooLongError saying why."""
+    if e.retry_after is None or usable_retry_after(e.retry_after, cap_s) is not None:
+        return e
+    why = f"the server asked to wait {e.retry_after:g} s, over the {cap_s:g} s cap (max_retry_after_s)"
+    return RetryAfterTooLongError(f"{e.server_message}; {why}", provider=e.provider, endpoint=e.endpoint,
+                                  status=e.status, retry_after=e.retry_after)
