@@ -5,13 +5,17 @@ Builds frozen dataclasses; each stage receives only its part. Reads files and th
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from .errors import ConfigError
 from .records import ModelSpec
@@ -26,6 +30,7 @@ __all__ = [
     "IndexConfig",
     "OpenAISettings",
     "Secret",
+    "SourcesConfig",
     "find_registry",
     "load_config",
     "load_registry",
@@ -35,7 +40,11 @@ __all__ = [
 DEFAULT_MODEL_LOCAL = "e5-small-local"
 DEFAULT_MODEL_GIGACHAT = "Embeddings"
 DEFAULT_OUT_DIR = "out"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # the same default as sources.DEFAULT_MAX_FILE_BYTES
+USER_REGISTRY = Path("configs") / "models.toml"  # relative to the working directory
+PACKAGED_REGISTRY = "models.toml"  # package data of `pipeline`: the registry every install has
+
+log = logging.getLogger("pipeline.config")
 
 
 class Secret:
@@ -125,6 +134,14 @@ class AskConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    """How the corpus is walked (sources.iter_documents): links, and the size past which a file is skipped."""
+
+    follow_symlinks: bool = False  # env PIPELINE_FOLLOW_SYMLINKS; off: links are skipped and counted
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # TOML key max_file_size ("16MiB"); a text file, .jsonl line, image
+
+
+@dataclass(frozen=True)
 class ImagesConfig:
     vision_model: str = ""  # a chat model with vision = true describes .png/.jpg; "": images are skipped
 
@@ -155,6 +172,7 @@ class Config:
     gigachat: GigaChatSettings = field(default_factory=GigaChatSettings)
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
     source: str = "<defaults>"
 
     def model_spec(self, name: str | None = None) -> ModelSpec:
@@ -177,7 +195,11 @@ _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB":
 
 def parse_size(text: str | int, *, what: str = "size") -> int:
     """'4GiB', '512MB', '1000' -> bytes."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise ConfigError(f"{what}: expected a size such as \"512MiB\" or a number of bytes, got {_shown(text)}")
     if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"{what}: a size must not be negative, got {text}")
         return text
     m = _SIZE.match(text)
     unit = (m.group(2) or "").upper() if m else ""
@@ -186,15 +208,30 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def find_registry(env: Mapping[str, str]) -> Path:
-    """The model registry file: $PIPELINE_REGISTRY, else configs/models.toml beside the package."""
-    path = Path(env.get("PIPELINE_REGISTRY") or _PROJECT_ROOT / "configs" / "models.toml")
-    if not path.is_file():
-        raise ConfigError(f"{path}: model registry not found (set PIPELINE_REGISTRY)")
-    return path
+class _Readable(Protocol):
+    def open(self, mode: str = "rb") -> BinaryIO: ...
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def find_registry(env: Mapping[str, str]) -> Path | _Readable:
+    """The model registry: $PIPELINE_REGISTRY, else ./configs/models.toml if the working directory has one,
+    else the registry shipped inside the package (pipeline/models.toml). A `registry` key in the run config
+    comes before all three (load_config). The first one found is used whole; registries are not merged.
+    """
+    if env.get("PIPELINE_REGISTRY"):
+        path = Path(env["PIPELINE_REGISTRY"])
+        if not path.is_file():
+            raise ConfigError(f"{path}: model registry not found (PIPELINE_REGISTRY)")
+        return path
+    if USER_REGISTRY.is_file():
+        log.info("model registry: %s (the working directory's)", USER_REGISTRY)
+        return USER_REGISTRY
+    packaged = resources.files("pipeline") / PACKAGED_REGISTRY
+    if not packaged.is_file():
+        raise ConfigError(f"{packaged}: the packaged model registry is missing (reinstall, or set PIPELINE_REGISTRY)")
+    return packaged
+
+
+def _read_toml(path: Path | _Readable) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -209,16 +246,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
 _SPEC_FIELDS = set(ModelSpec.__dataclass_fields__) - {"name"}
 
 
-def load_registry(path: Path) -> dict[str, ModelSpec]:
+def load_registry(path: Path | _Readable) -> dict[str, ModelSpec]:
     data = _read_toml(path)
     models = data.get("models")
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: no [models.<name>] tables")
     registry: dict[str, ModelSpec] = {}
     for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: models.{name} must be a table")
         unknown = set(entry) - _SPEC_FIELDS
         if unknown:
             raise ConfigError(f"{path}: model {name!r}: unknown keys {sorted(unknown)}")
+        _check_types(entry, ModelSpec, f"{path}: [models.{name}]")
         try:
             spec = ModelSpec(name=name, **entry)
         except TypeError as e:
@@ -233,16 +273,74 @@ def load_registry(path: Path) -> dict[str, ModelSpec]:
     return registry
 
 
+def _shown(value: Any) -> str:
+    """A wrong value for an error message: short, and its type named."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               Path: "a path (string)", Secret: "a string"}
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind in (str, Path, Secret):
+        return isinstance(value, str)
+    if typing.get_origin(kind) is typing.Literal:
+        return value in typing.get_args(kind)
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_accepts(k, value) for k in typing.get_args(kind) if k is not type(None))
+    return True  # a type TOML cannot hold wrongly (none in these dataclasses today)
+
+
+def _expected(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(kind))
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return " or ".join(_expected(k) for k in typing.get_args(kind) if k is not type(None))
+    return _TYPE_WORDS.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _check_types(values: Mapping[str, Any], cls: type, where: str, *, secret: frozenset[str] = frozenset(),
+                 extra: Mapping[str, Any] | None = None) -> None:
+    """ConfigError naming `where` and the key when a TOML value does not fit the dataclass field's type.
+
+    The values of secret keys are never shown, only their type. `extra` gives the types of keys that are not
+    fields (memory_budget) or that map to another field name.
+    """
+    hints = typing.get_type_hints(cls) | dict(extra or {})
+    for key, value in values.items():
+        kind = hints.get(key)
+        if kind is None or _accepts(kind, value):
+            continue
+        got = type(value).__name__ if key in secret else _shown(value)
+        raise ConfigError(f"{where} {key}: expected {_expected(kind)}, got {got}")
+
+
 def _section(data: dict[str, Any], name: str, path: Path, cls: type) -> dict[str, Any]:
     section = data.get(name, {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [{name}] must be a table")
     allowed = set(cls.__dataclass_fields__)
-    if name == "index":
-        allowed = (allowed - {"memory_budget_bytes"}) | {"memory_budget"}
+    renamed = {"index": ("memory_budget_bytes", "memory_budget"), "sources": ("max_file_bytes", "max_file_size")}
+    extra: dict[str, Any] = {}
+    if name in renamed:
+        field_name, key = renamed[name]
+        allowed = (allowed - {field_name}) | {key}
+        extra[key] = int | str  # a size: bytes, or "4GiB"
     unknown = set(section) - allowed
     if unknown:
         raise ConfigError(f"{path}: [{name}]: unknown keys {sorted(unknown)}")
+    secret = frozenset({"api_key"}) if name == "openai" else frozenset()
+    _check_types(section, cls, f"{path}: [{name}]", secret=secret, extra=extra)
     return dict(section)
 
 
@@ -278,6 +376,8 @@ def _gigachat_settings(section: dict[str, Any], env: Mapping[str, str], path: Pa
     unknown = set(section) - set(GigaChatSettings.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{path}: [gigachat]: unknown keys {sorted(unknown)}")
+    _check_types(section, GigaChatSettings, f"{path}: [gigachat]",
+                 secret=frozenset({"credentials", "access_token", "password", "key_file_password"}))
     defaults = GigaChatSettings()
     scope = pick("scope", defaults.scope)
     if scope not in ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP"):
@@ -344,10 +444,16 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
     top_allowed = {"corpus", "model", "out_dir", "cache_dir", "registry", "chunking", "embedding",
-                   "index", "ask", "gigachat", "openai", "images"}
+                   "index", "ask", "gigachat", "openai", "images", "sources"}
     unknown = set(data) - top_allowed
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown keys {sorted(unknown)}")
+    for key in ("corpus", "model", "out_dir", "cache_dir", "registry"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{cfg_path}: {key}: expected a string, got {_shown(data[key])}")
+    for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources"):
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(f"{cfg_path}: [{key}] must be a table, got {_shown(data[key])}")
 
     registry_path = Path(data["registry"]) if data.get("registry") else find_registry(env)
     registry = load_registry(registry_path)
@@ -372,11 +478,19 @@ def load_config(
         index = IndexConfig(**index_raw)
         ask = AskConfig(**_section(data, "ask", cfg_path, AskConfig))
         images = ImagesConfig(**_section(data, "images", cfg_path, ImagesConfig))
+        sources_raw = _section(data, "sources", cfg_path, SourcesConfig)
+        if "max_file_size" in sources_raw:
+            sources_raw["max_file_bytes"] = parse_size(sources_raw.pop("max_file_size"),
+                                                       what=f"{cfg_path}: [sources] max_file_size")
+        sources = SourcesConfig(**sources_raw)
         openai = _openai_settings(_section(data, "openai", cfg_path, OpenAISettings), env)
     except TypeError as e:
         raise ConfigError(f"{cfg_path}: {e}") from None
     if env.get("PIPELINE_CHAT_MODEL") is not None:
         ask = replace(ask, chat_model=env["PIPELINE_CHAT_MODEL"])
+    sources = replace(sources, follow_symlinks=_env_bool(env, "PIPELINE_FOLLOW_SYMLINKS", sources.follow_symlinks))
+    if sources.max_file_bytes < 1:
+        raise ConfigError(f"{cfg_path}: [sources] max_file_size must be positive")
     if env.get("PIPELINE_VISION_MODEL") is not None:
         images = replace(images, vision_model=env["PIPELINE_VISION_MODEL"])
     if ask.max_rounds < 0 or ask.max_tokens < 1:
@@ -402,5 +516,6 @@ def load_config(
         gigachat=gigachat,
         openai=openai,
         images=images,
+        sources=sources,
         source=str(cfg_path),
     )

@@ -2,26 +2,43 @@
 
 Reads .txt, .md, .html and .jsonl, and images through an injected describer; bad files are warned about
 and counted, never fatal.
+
+Walking rules (what a scheduled job meets in the wild):
+- symbolic links are not followed unless `follow_symlinks` is set: a link whose target lies outside the
+  corpus is skipped as "symlink out of corpus", one that stays inside as "symlink" (its target is read under
+  its own name anyway). With `follow_symlinks`, links are followed wherever they point, each directory
+  entered at most once (no loops); a dangling link is skipped as "broken symlink".
+- only regular files are opened; FIFOs, sockets and devices are skipped as "special file" and never opened
+  for reading (opens are non-blocking, and checked again with fstat, so a FIFO cannot hang the run).
+- a text file (or one .jsonl line, or an image) over `max_file_bytes` is skipped as "too large" before it
+  is read; a .jsonl file as a whole has no limit, it is streamed a line at a time.
+- names that are not valid UTF-8, and control characters in names, are kept with a reversible escape
+  (see escape_name): `\\xNN` per such byte, `\\\\` for a backslash; so every source_path and doc_id is
+  printable UTF-8 (Parquet needs valid UTF-8) and still names its file (unescape_name gives its bytes back).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from .errors import AuthError, ProviderError, SourceError
 from .records import Document
 
-__all__ = ["IMAGE_SUFFIXES", "ImageDescriber", "SourceReport", "TEXT_SUFFIXES", "html_to_text", "iter_documents",
-           "text_hash"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "ImageDescriber", "SourceReport", "TEXT_SUFFIXES",
+           "escape_name", "html_to_text", "iter_documents", "text_hash", "unescape_name"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ImageDescriber = Callable[[Path, str], str]  # (image path, path relative to the corpus) -> description
@@ -31,6 +48,47 @@ log = logging.getLogger("pipeline.sources")
 TEXT_SUFFIXES = {".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
                  ".jsonl": "jsonl"}
 _SNIFF_BYTES = 8192
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024  # one text file, one .jsonl line, one image; [sources] max_file_size
+_IMAGE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",)}
+_BIDI_CONTROLS = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C])
+
+
+def escape_name(name: str) -> str:
+    """A file name (or corpus-relative path) as printable, valid UTF-8, reversibly.
+
+    A byte that is not UTF-8 (the surrogate os.fsdecode makes of it) and every byte of a control character
+    (C0, DEL, C1, bidirectional overrides) becomes `\\xNN`; a backslash becomes `\\\\`. Any other name is
+    returned unchanged, so the ids of ordinary files do not move.
+    """
+    if name.isascii() and name.isprintable() and "\\" not in name:
+        return name
+    out: list[str] = []
+    for ch in name:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte itself
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0 or code in _BIDI_CONTROLS or 0xD800 <= code <= 0xDFFF:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\\\|\\x([0-9a-f]{2})")
+
+
+def unescape_name(escaped: str) -> bytes:
+    """The bytes of the name escape_name was given (os.fsencode of it): the inverse of escape_name."""
+    parts: list[bytes] = []
+    pos = 0
+    for m in _ESCAPE.finditer(escaped):
+        parts.append(escaped[pos:m.start()].encode("utf-8", "surrogateescape"))
+        parts.append(bytes([int(m.group(1), 16)]) if m.group(1) else b"\\")
+        pos = m.end()
+    parts.append(escaped[pos:].encode("utf-8", "surrogateescape"))
+    return b"".join(parts)
 
 
 def text_hash(text: str) -> str:
@@ -48,6 +106,7 @@ class SourceReport:
 
     def skip(self, path: str, reason: str, detail: str = "") -> None:
         self.skipped[reason] += 1
+        detail = escape_name(detail) if detail else ""  # a record id or an error text: no control characters
         message = f"{path}: skipped ({reason}{': ' + detail if detail else ''})"
         self.warnings.append(message)
         log.warning(message)
@@ -60,7 +119,9 @@ class SourceReport:
 _BLOCK_TAGS = {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "h1", "h2",
                "h3", "h4", "h5", "h6", "ul", "ol", "li", "table", "tr", "pre", "blockquote", "br", "hr",
                "title", "dl", "dt", "dd", "figure", "figcaption", "td", "th"}
-_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head"}
+# Not "head": a page without </head> would lose its whole body; head's content is <title> (kept apart) and
+# tags with no text, or <style>/<script> (skipped anyway).
+_SKIP_TAGS = {"script", "style", "noscript", "template", "svg"}
 
 
 class _TextExtractor(HTMLParser):
@@ -117,11 +178,79 @@ def html_to_text(html: str) -> tuple[str, str]:
     return "\n\n".join(paragraphs), " ".join("".join(parser.title).split())
 
 
-def _decode(path: Path, rel: str, report: SourceReport) -> str | None:
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+def _open_regular(path: Path, rel: str, report: SourceReport, *, follow: bool,
+                  max_bytes: int | None) -> BinaryIO | None:
+    """The file opened for reading if it is a regular file within max_bytes; else skipped, counted, None.
+
+    Non-blocking, so a FIFO that appeared after the walk looked cannot hang the open; without `follow`,
+    a link that appeared since the walk is refused (O_NOFOLLOW) rather than read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            report.skip(rel, "symlink")
+        else:
+            report.skip(rel, "unreadable", e.strerror or str(e))
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            report.skip(rel, "special file", _special_kind(st.st_mode))
+            os.close(fd)
+            return None
+        if max_bytes is not None and st.st_size > max_bytes:
+            report.skip(rel, "too large", f"{st.st_size} bytes > {max_bytes}")
+            os.close(fd)
+            return None
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except OSError as e:
+        os.close(fd)
+        report.skip(rel, "unreadable", e.strerror or str(e))
+        return None
+
+
+def _read_bounded(f: BinaryIO, max_bytes: int) -> bytes:
+    """The file's bytes, at most max_bytes + 1 of them (so a file that grew after fstat is still caught),
+    read in pieces: one read(max_bytes + 1) would allocate the whole limit for every small file."""
+    pieces: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        piece = f.read(min(1 << 20, max_bytes + 1 - total))
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+    return b"".join(pieces)
+
+
+def _decode(path: Path, rel: str, report: SourceReport, *, follow: bool, max_bytes: int) -> str | None:
+    f = _open_regular(path, rel, report, follow=follow, max_bytes=max_bytes)
+    if f is None:
+        return None
+    try:
+        with f:
+            raw = _read_bounded(f, max_bytes)
     except OSError as e:
         report.skip(rel, "unreadable", e.strerror or str(e))
+        return None
+    if len(raw) > max_bytes:
+        report.skip(rel, "too large", f"over {max_bytes} bytes")
         return None
     if not raw.strip():
         report.skip(rel, "empty")
@@ -137,11 +266,12 @@ def _decode(path: Path, rel: str, report: SourceReport) -> str | None:
     return text.removeprefix("\ufeff")
 
 
-def _file_documents(path: Path, rel: str, kind: str, report: SourceReport) -> Iterator[Document]:
+def _file_documents(path: Path, rel: str, kind: str, report: SourceReport, *, follow: bool,
+                    max_bytes: int) -> Iterator[Document]:
     if kind == "jsonl":
-        yield from _jsonl_documents(path, rel, report)
+        yield from _jsonl_documents(path, rel, report, follow=follow, max_bytes=max_bytes)
         return
-    text = _decode(path, rel, report)
+    text = _decode(path, rel, report, follow=follow, max_bytes=max_bytes)
     if text is None:
         return
     metadata: dict[str, Any] = {}
@@ -156,31 +286,57 @@ def _file_documents(path: Path, rel: str, kind: str, report: SourceReport) -> It
                    metadata=metadata)
 
 
-def _jsonl_documents(path: Path, rel: str, report: SourceReport) -> Iterator[Document]:
+def _lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a file, each read with at most max_bytes + 1 bytes in memory; None for a longer one
+    (whose rest is read past in pieces, never held whole)."""
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while True:
+                rest = f.readline(1 << 16)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield raw
+
+
+def _jsonl_documents(path: Path, rel: str, report: SourceReport, *, follow: bool,
+                     max_bytes: int) -> Iterator[Document]:
     """Records of a .jsonl file, read a line at a time: the first one is out before the file is read.
 
     Lines split on \n only (U+2028 is legal inside a JSON string). A bad line (not UTF-8, not JSON, no
-    text, a repeated id) is skipped and reported as FILE:LINE; the rest of the file still counts.
+    text, a repeated id, longer than max_bytes) is skipped and reported as FILE:LINE; the rest of the file
+    still counts.
     """
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        report.skip(rel, "unreadable", e.strerror or str(e))
+    f = _open_regular(path, rel, report, follow=follow, max_bytes=None)
+    if f is None:
         return
     with f:
-        if b"\x00" in f.read(_SNIFF_BYTES):
+        try:
+            head = f.read(_SNIFF_BYTES)
+            f.seek(0)
+        except OSError as e:
+            report.skip(rel, "unreadable", e.strerror or str(e))
+            return
+        if b"\x00" in head:
             report.skip(rel, "binary")
             return
-        f.seek(0)
         seen: set[str] = set()
         blank = True
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_lines(f, max_bytes), 1):
+            where = f"{rel}:{lineno}"
+            if raw is None:
+                blank = False
+                report.skip(where, "too large", f"line over {max_bytes} bytes")
+                continue
             if lineno == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             blank = False
-            where = f"{rel}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -209,19 +365,83 @@ def _jsonl_documents(path: Path, rel: str, report: SourceReport) -> Iterator[Doc
             report.skip(rel, "empty")
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if any(part.startswith(".") for part in rel_parts):
-            continue  # .git, .venv, editor files
-        if path.is_file():
-            yield path
+def _inside(target: str, root: str) -> bool:
+    return target == root or target.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _image_document(path: Path, rel: str, describe: ImageDescriber | None, report: SourceReport) -> Document | None:
-    """An image as the Document of its description (doc_type "image"); skipped and counted without a describer."""
+def _walk(root: Path, report: SourceReport, follow: bool) -> Iterator[tuple[Path, str]]:
+    """(path, escaped corpus-relative path) of the files to read, in sorted order; links, special files and
+    unreadable folders are skipped and counted here (each as one file seen)."""
+    real_root = os.path.realpath(root)
+    entered: set[tuple[int, int]] = set()  # (device, inode) of every folder walked, against link loops
+
+    def seen_and_skipped(rel: str, reason: str, detail: str = "") -> None:
+        report.files += 1
+        report.skip(rel, reason, detail)
+
+    def walk(folder: Path, prefix: str) -> Iterator[tuple[Path, str]]:
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in entered:
+                seen_and_skipped(prefix.rstrip("/") or ".", "symlink loop")
+                return
+            entered.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            seen_and_skipped(prefix.rstrip("/") or ".", "unreadable", e.strerror or str(e))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # .git, .venv, editor files
+            path = folder / entry.name
+            rel = prefix + escape_name(entry.name)
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as e:
+                seen_and_skipped(rel, "unreadable", e.strerror or str(e))
+                continue
+            if stat.S_ISLNK(mode):
+                target = os.path.realpath(path)
+                if not follow:
+                    if _inside(target, real_root):
+                        seen_and_skipped(rel, "symlink")
+                    else:
+                        seen_and_skipped(rel, "symlink out of corpus", escape_name(os.readlink(path)))
+                    continue
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError as e:
+                    seen_and_skipped(rel, "broken symlink", e.strerror or str(e))
+                    continue
+            if stat.S_ISDIR(mode):
+                yield from walk(path, rel + "/")
+            elif stat.S_ISREG(mode):
+                yield path, rel
+            else:
+                seen_and_skipped(rel, "special file", _special_kind(mode))
+
+    yield from walk(root, "")
+
+
+def _image_document(path: Path, rel: str, describe: ImageDescriber | None, report: SourceReport, *,
+                    follow: bool, max_bytes: int) -> Document | None:
+    """An image as the Document of its description (doc_type "image"); skipped and counted without a describer,
+    when it cannot be read, or when its first bytes are not those of its format."""
     if describe is None:
         report.skip(rel, "image (no vision model)")
+        return None
+    f = _open_regular(path, rel, report, follow=follow, max_bytes=max_bytes)
+    if f is None:
+        return None
+    try:
+        with f:
+            head = f.read(16)
+    except OSError as e:
+        report.skip(rel, "unreadable", e.strerror or str(e))
+        return None
+    if not head.startswith(_IMAGE_MAGIC[path.suffix.lower()]):
+        report.skip(rel, "invalid image", f"not a {path.suffix.lower().lstrip('.').upper()} file")
         return None
     try:
         text = describe(path, rel)
@@ -229,6 +449,9 @@ def _image_document(path: Path, rel: str, describe: ImageDescriber | None, repor
         raise  # every image would fail the same way: stop, as embedding would
     except ProviderError as e:
         report.skip(rel, "image not described", str(e))
+        return None
+    except OSError as e:
+        report.skip(rel, "unreadable", e.strerror or str(e))
         return None
     if not text.strip():
         report.skip(rel, "image not described", "empty description")
@@ -238,30 +461,35 @@ def _image_document(path: Path, rel: str, describe: ImageDescriber | None, repor
 
 
 def iter_documents(corpus: Path, report: SourceReport | None = None,
-                   describe_image: ImageDescriber | None = None) -> Iterator[Document]:
+                   describe_image: ImageDescriber | None = None, *, follow_symlinks: bool = False,
+                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Document]:
     """Documents of a corpus folder or single file, in a stable (sorted) order.
 
     Images (.png, .jpg, .jpeg) become the text `describe_image(path, rel)` returns; without a describer
-    they are skipped and counted. Raises SourceError when the corpus path itself does not exist.
+    they are skipped and counted. Links, special files, unreadable and oversized files are skipped and
+    counted (see the module's walking rules). Raises SourceError when the corpus path itself does not exist.
     """
     report = report if report is not None else SourceReport()
     if not corpus.exists():
         raise SourceError(f"{corpus}: corpus path does not exist")
-    root = corpus if corpus.is_dir() else corpus.parent
-    files = _walk(corpus) if corpus.is_dir() else iter([corpus])
-    for path in files:
+    if corpus.is_dir():
+        files = _walk(corpus, report, follow_symlinks)
+    else:  # named explicitly: followed if it is a link
+        files = iter([(corpus, escape_name(corpus.name))])
+    for path, rel in files:
         report.files += 1
-        rel = path.relative_to(root).as_posix()
-        kind = TEXT_SUFFIXES.get(path.suffix.lower())
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            image = _image_document(path, rel, describe_image, report)
+        suffix = path.suffix.lower()
+        follow = follow_symlinks or path is corpus
+        if suffix in IMAGE_SUFFIXES:
+            image = _image_document(path, rel, describe_image, report, follow=follow, max_bytes=max_file_bytes)
             if image is not None:
                 report.documents += 1
                 yield image
             continue
+        kind = TEXT_SUFFIXES.get(suffix)
         if kind is None:
-            report.skip(rel, "unsupported type", path.suffix or "no extension")
+            report.skip(rel, "unsupported type", escape_name(path.suffix) or "no extension")
             continue
-        for doc in _file_documents(path, rel, kind, report):
+        for doc in _file_documents(path, rel, kind, report, follow=follow, max_bytes=max_file_bytes):
             report.documents += 1
             yield doc

@@ -41,6 +41,7 @@ from .gateway import (
     ApiError,
     EmulatorState,
     Gateway,
+    Guard,
     Stats,
     json_response,
     rest_error,
@@ -395,7 +396,7 @@ def create_app(profile: EmulatorProfile) -> Starlette:
     }
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Gateway, state=state, routes=routes)],
+        middleware=[Middleware(Gateway, state=state, routes=routes), Middleware(Guard, state=state)],
         exception_handlers=handlers,
     )
     app.state.emulator = state

@@ -28,6 +28,13 @@ def _profile_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """One option per EmulatorProfile field (--base-latency-ms for base_latency_ms), help from its metadata."""
     hints = typing.get_type_hints(EmulatorProfile)
     for spec in reversed(dataclasses.fields(EmulatorProfile)):
+        name = spec.name.replace("_", "-")
+        if hints[spec.name] is bool:
+            command = click.option(
+                f"--{name}/--no-{name}", spec.name, default=spec.default, show_default=True,
+                help=spec.metadata["help"],
+            )(command)
+            continue
         command = click.option(
             f"--{spec.name.replace('_', '-')}",
             spec.name,

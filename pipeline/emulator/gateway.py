@@ -7,6 +7,7 @@ only which path is the OAuth host's (the real one lives on another host, outside
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import secrets
 import time
@@ -29,6 +30,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 OAUTH_PATH = "/api/v2/oauth"  # the real one is ngw.devices.sberbank.ru:9443, not the API host
 DUE_KEY = "emulator.due"  # scope key: monotonic time at which the gateway's base latency (+ jitter) ran out
 _EXPIRED_KEPT_S = 3600.0
+ADMIN_PREFIXES = ("/_stats", "/_admin/")  # the emulator's own control routes, not GigaChat's
 
 
 class ApiError(Exception):
@@ -275,3 +277,80 @@ class Gateway:
             if match is not Match.NONE:
                 return route.path
         return str(scope["path"])
+
+
+def is_loopback(client: tuple[str, int] | None) -> bool:
+    """True for a client on 127.0.0.0/8 or ::1 (an IPv4-mapped one too); False for anything else or unknown."""
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(client[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+class Guard:
+    """ASGI middleware: refuses admin routes to non-loopback clients, and request bodies over max_body_bytes.
+
+    A body announced larger by Content-Length gets 413 without a byte of it read (the server answers and
+    closes the connection); a chunked body is counted as it is received and refused as soon as it passes
+    the limit, so no more than max_body_bytes of it is ever held. Inside the Gateway, so refusals are
+    counted in the stats like any other answer.
+    """
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        profile = self.state.profile
+        path: str = scope["path"]
+        if (
+            path.startswith(ADMIN_PREFIXES)
+            and not profile.allow_remote_admin
+            and not is_loopback(scope.get("client"))
+        ):
+            error = rest_error(403, "Forbidden: the emulator's admin routes answer loopback clients only"
+                                    " (start it with --allow-remote-admin to allow others)")
+            await json_response(error.body, error.status)(scope, receive, send)
+            return
+        limit = profile.max_body_bytes
+        if not limit:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await self._too_large(scope, receive, send, limit)
+            return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise rest_error(413, f"Request body is too large: over {limit} bytes")
+            return message
+
+        await self.app(scope, capped_receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        error = rest_error(413, f"Request body is too large: over {limit} bytes")
+        # Connection: close, as the unread body cannot be skipped on a kept-alive connection.
+        await json_response(error.body, error.status, {"Connection": "close"})(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 from dataclasses import dataclass, field
 
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # an upload is at most 15 MB (§8); embeddings bodies are far smaller
 DEFAULT_CREDENTIALS = base64.b64encode(b"emulator-client:emulator-secret").decode("ascii")
 
 
@@ -88,6 +89,19 @@ class EmulatorProfile:
         default="BLACKLISTED_TOPIC",
         metadata=_help("Word that makes chat answer with finish_reason blacklist."),
     )
+    max_body_bytes: int = field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        metadata=_help(
+            "Largest request body (uploads included) in bytes; a larger one gets 413 before it is read:"
+            " at once by its Content-Length, or as soon as a chunked body passes it (0 = unlimited)."
+        ),
+    )
+    allow_remote_admin: bool = field(
+        default=False,
+        metadata=_help(
+            "Serve /_stats and /_admin/* to clients that are not on loopback (refused with 403 otherwise)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "drop_rate", "wrong_count_rate"):
@@ -100,6 +114,7 @@ class EmulatorProfile:
             "max_concurrency",
             "rps",
             "max_texts_per_request",
+            "max_body_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -114,5 +129,9 @@ class EmulatorProfile:
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
             if value != spec.default:
-                args += [f"--{spec.name.replace('_', '-')}", str(value)]
+                name = spec.name.replace("_", "-")
+                if isinstance(value, bool):
+                    args.append(f"--{name}" if value else f"--no-{name}")
+                else:
+                    args += [f"--{name}", str(value)]
         return args
