@@ -15,7 +15,7 @@ ModelKind = Literal["embed", "chat"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the registry (configs/models.toml)."""
+    """One model of the registry (pipeline/models.toml, or a user's override)."""
 
     name: str
     provider: str  # "local", "gigachat", "openai"

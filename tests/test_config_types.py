@@ -103,7 +103,7 @@ def test_registry_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     packaged = load_config(None, env={}, model="e5-small-local").registry  # no ./configs here: the package's
     assert {"e5-small-local", "Embeddings", "GigaChat-2-Max"} <= set(packaged)
-    assert find_registry({}).read_bytes() == (ROOT / "configs" / "models.toml").read_bytes()
+    assert find_registry({}).read_bytes() == (ROOT / "pipeline" / "models.toml").read_bytes()
 
     _registry(tmp_path / "configs" / "models.toml", "cwd-model")
     assert set(load_config(None, env={}, model="cwd-model").registry) == {"cwd-model"}
@@ -120,7 +120,8 @@ def test_registry_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_packaged_registry_is_package_data() -> None:
-    """pipeline/models.toml is what a wheel ships; in the source tree it is the repository's configs/models.toml."""
+    """pipeline/models.toml is the default registry, a file of the package; configs/ holds only a user's override."""
     packaged = ROOT / "pipeline" / "models.toml"
-    assert os.path.samefile(packaged, ROOT / "configs" / "models.toml")
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert not (ROOT / "configs" / "models.toml").exists()
     assert 'pipeline = ["models.toml"]' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
