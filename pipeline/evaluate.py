@@ -1,5 +1,6 @@
-"""Evaluate: retrieval quality on a BEIR-layout dataset, run through the normal pipeline.
+"""Evaluate: retrieval quality on a BEIR-layout dataset: loading it, and the metrics of each search mode.
 
+Embeds through run.py and ranks through search.Searcher, so it scores what users get; no search logic here.
 Chunk hits map back to documents (a document ranks where its first chunk does); reports recall@1/@10,
 MRR@10 and nDCG@10 for exact search, the chosen index, BM25 alone and hybrid, plus ANN recall@10 vs exact.
 """
@@ -9,16 +10,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from .config import Config
 from .errors import ConfigError
+from .index.files import BM25_DIR
+from .index.score import recall_at_k
+from .run import Progress, embed, no_progress
+from .search import Searcher
 
 __all__ = ["EvalReport", "evaluate", "load_beir", "rank_documents", "retrieval_metrics", "write_beir_corpus"]
 
@@ -132,22 +136,19 @@ def rank_documents(chunk_rows: Sequence[int], doc_of_row: Sequence[str], k: int)
     return docs
 
 
-def _chunk_recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
+def _padded(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, : min(width, len(row))] = row[:width]
+    return out
 
 
 def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10,
-             progress: Callable[..., Any] | None = None) -> EvalReport:
+             progress: Progress = no_progress) -> EvalReport:
     """Embed the dataset's corpus with `config`'s model and index settings into work_dir, then score its queries.
 
     Re-runs are cheap: vectors come from the cache, only the index is rebuilt.
     """
-    from . import api
-    from .hybrid import Bm25Index, reciprocal_rank_fusion
-    from .index.build import BM25_DIR, iter_vector_batches
-    from .index.score import single_thread
-
     started = time.perf_counter()
     queries, corpus, qrels = load_beir(dataset)
     if not queries or not corpus:
@@ -156,38 +157,28 @@ def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10,
     if not corpus_path.is_file():
         write_beir_corpus(corpus, corpus_path)
     run_config = replace(config, corpus=corpus_path.parent, out_dir=work_dir / "out")
-    embed_report = api.embed(run_config, **({"progress": progress} if progress else {}))
-    searcher = api._Searcher(run_config, None)
+    embed_report = embed(run_config, progress=progress)
+    searcher = Searcher(run_config)
     qids = list(queries)
-    vectors = np.ascontiguousarray(searcher.embed([queries[q] for q in qids], is_query=True), dtype=np.float32)
+    vectors = searcher.embed([queries[q] for q in qids], is_query=True)
     doc_of_row = [d.removeprefix(DOC_PREFIX) for d in searcher.rows.column("doc_id").to_pylist()]
     depth = min(k * CHUNKS_PER_DOC_DEPTH, searcher.index.ntotal)
 
-    exact = faiss.IndexFlat(searcher.index.d, searcher.index.metric_type)
-    for block in iter_vector_batches(searcher.snap.vectors_path, 65_536):
-        exact.add(block)
-    _, exact_rows = exact.search(vectors, depth)
-    _, index_rows = searcher.index.search(vectors, depth)
+    exact_rows = searcher.exact(vectors, depth)
+    index_rows = [searcher.dense(vector, depth) for vector in vectors]
     kk = min(k, depth)
-    ann_recall = _chunk_recall(index_rows[:, :kk], exact_rows[:, :kk])
+    ann_recall = recall_at_k(_padded(index_rows, kk), _padded(exact_rows, kk))
 
-    ranked_exact = {q: rank_documents([r for r in rows if r >= 0], doc_of_row, k) for q, rows in zip(qids, exact_rows, strict=True)}
-    ranked_index = {q: rank_documents([r for r in rows if r >= 0], doc_of_row, k) for q, rows in zip(qids, index_rows, strict=True)}
+    ranked_exact = {q: rank_documents(rows, doc_of_row, k) for q, rows in zip(qids, exact_rows, strict=True)}
+    ranked_index = {q: rank_documents(rows, doc_of_row, k) for q, rows in zip(qids, index_rows, strict=True)}
     report = EvalReport(dataset=str(dataset), model=searcher.spec.name, queries=len(qids), documents=len(corpus),
                         chunks=embed_report.chunks, metrics=retrieval_metrics(ranked_index, qrels, k),
                         exact=retrieval_metrics(ranked_exact, qrels, k), ann_recall_at_10=round(ann_recall, 4),
                         index=embed_report.index or {})
-    bm25_dir = searcher.snap.index_dir / BM25_DIR
-    if bm25_dir.is_dir():
-        bm25 = Bm25Index.load(bm25_dir)
-        ranked_bm25, ranked_hybrid = {}, {}
-        with single_thread():
-            for q, rows in zip(qids, index_rows, strict=True):
-                lexical = [i for i, _ in bm25.top(queries[q], depth)]
-                dense = [int(r) for r in rows if r >= 0]
-                ranked_bm25[q] = rank_documents(lexical, doc_of_row, k)
-                fused = [i for i, _ in reciprocal_rank_fusion([dense, lexical])]
-                ranked_hybrid[q] = rank_documents(fused, doc_of_row, k)
+    if (searcher.snap.index_dir / BM25_DIR).is_dir():
+        ranked_bm25 = {q: rank_documents(searcher.lexical(queries[q], depth), doc_of_row, k) for q in qids}
+        ranked_hybrid = {q: rank_documents(searcher.fused(queries[q], vector, depth), doc_of_row, k)
+                         for q, vector in zip(qids, vectors, strict=True)}
         report.bm25 = retrieval_metrics(ranked_bm25, qrels, k)
         report.hybrid = retrieval_metrics(ranked_hybrid, qrels, k)
     report.seconds = round(time.perf_counter() - started, 1)

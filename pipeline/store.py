@@ -1,7 +1,8 @@
-"""Store: Parquet snapshots of chunk vectors, the CURRENT pointer, and the vector cache.
+"""Store: the Parquet files of chunk vectors: snapshots, the CURRENT pointer, the vector cache.
 
-An output directory holds immutable snapshots; CURRENT names the one that serves searches and is
-switched with an atomic rename. The cache keeps raw vectors by (model fingerprint, content hash).
+Knows files, schemas and atomic writes, never providers or FAISS. An output directory holds immutable
+snapshots; CURRENT names the one that serves searches and is switched with an atomic rename. The cache
+keeps raw vectors by (model fingerprint, content hash).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,20 @@ from .records import Chunk
 
 __all__ = [
     "META_KEY",
-    "TableWriter",
     "Snapshot",
+    "SnapshotStream",
+    "TableWriter",
     "VectorCache",
     "chunk_table",
     "current_snapshot",
+    "empty_table",
     "fingerprint_id",
+    "iter_vector_batches",
+    "live_snapshot",
     "new_snapshot_dir",
     "normalize_rows",
     "publish_snapshot",
     "read_rows",
-    "read_vectors",
     "write_json_atomic",
     "write_table_atomic",
 ]
@@ -96,6 +100,11 @@ def chunk_table(chunks: Sequence[Chunk], matrix: np.ndarray | None, meta: dict[s
         columns["vector"] = _vector_array(matrix)
     table = pa.table(columns)
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+
+
+def empty_table(dimension: int, meta: dict[str, Any]) -> pa.Table:
+    """No rows, but the schema (and metadata) of a snapshot's vectors.parquet."""
+    return chunk_table([], np.zeros((0, dimension), np.float32), meta)
 
 
 def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
@@ -231,6 +240,14 @@ def current_snapshot(out_dir: Path) -> Snapshot | None:
     return snap
 
 
+def live_snapshot(out_dir: Path) -> Snapshot:
+    """The snapshot CURRENT points to. Raises StoreError when nothing was embedded yet."""
+    snap = current_snapshot(out_dir)
+    if snap is None:
+        raise StoreError(f"{out_dir}: nothing embedded yet; run `pipeline embed` first")
+    return snap
+
+
 def publish_snapshot(out_dir: Path, snap: Snapshot, previous: Snapshot | None = None) -> None:
     """Make `snap` the live one (atomic rename of CURRENT), then drop every snapshot but it and `previous`.
 
@@ -266,16 +283,24 @@ def read_rows(path: Path) -> pa.Table:
     return _read_parquet(path, ROW_COLUMNS)
 
 
-def read_vectors(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """The vector column as a float32 (n, dim) matrix, and the file's pipeline metadata."""
-    table = _read_parquet(path, ["vector"])
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    column = table.column("vector").combine_chunks()
+def _matrix(column: pa.Array, path: Path) -> np.ndarray:
+    """A fixed_size_list<float32>[dim] column as a float32 (rows, dim) matrix (zero-copy when it can)."""
     if not isinstance(column.type, pa.FixedSizeListType):
         raise StoreError(f"{path}: column 'vector' is not fixed_size_list<float32>")
     dim = column.type.list_size
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, dim).astype(np.float32, copy=False), meta
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def iter_vector_batches(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+    """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order."""
+    try:
+        # pre_buffer off and a small read buffer: pages are decompressed as batches are asked for, so a
+        # snapshot written as one huge row group still streams (pre-buffering would load its whole column).
+        source = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: cannot read vectors: {e}") from None
+    for batch in source.iter_batches(batch_size=batch_rows, columns=["vector"]):
+        yield _matrix(batch.column(0), path)
 
 
 class VectorCache:
@@ -306,9 +331,9 @@ class VectorCache:
             except (pa.ArrowInvalid, OSError):
                 continue  # a torn write cannot happen (atomic rename), but a foreign file must not kill a run
             column = table.column("vector").combine_chunks()
-            if column.type.list_size != self.dimension:
+            if not isinstance(column.type, pa.FixedSizeListType) or column.type.list_size != self.dimension:
                 continue
-            matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dimension)
+            matrix = _matrix(column, part)
             hashes = table.column("content_hash").to_pylist()
             self._add(hashes, matrix)
 
@@ -357,3 +382,50 @@ class VectorCache:
         write_table_atomic(table, self.dir / name)
         with self._lock:
             self._add(hashes, matrix)
+
+
+class SnapshotStream:
+    """Writes a fresh build's vectors.parquet while it embeds, so the run does not end on a long write.
+
+    Chunks (corpus order, appended by the chunker thread) go out as row groups once every vector of a
+    long enough run of them is in the cache. finish() completes the file, or drops it if any chunk is
+    missing (a failed document must not be written): the end of the run then writes the table whole.
+    """
+
+    ROW_GROUP_BYTES = 8 << 20  # of vectors: the rows still unwritten when the last batch lands, at most
+
+    def __init__(self, snap: Snapshot, chunks: list[Chunk], cache: VectorCache, meta: dict[str, Any]) -> None:
+        self.chunks, self.cache, self.meta = chunks, cache, meta
+        self.rows_per_group = max(1, self.ROW_GROUP_BYTES // (4 * cache.dimension))
+        self.writer = TableWriter(snap.vectors_path, empty_table(cache.dimension, meta).schema)
+        self.written = 0  # chunks in the file
+        self.ready = 0  # chunks[:ready] all have their vectors
+        self._lock = threading.Lock()
+
+    def advance(self, final: bool = False) -> None:
+        """Write the ready run of chunks if it fills a row group (any length when final); any thread."""
+        if not self._lock.acquire(blocking=final):
+            return  # another thread is writing: it, or the next batch, takes these rows too
+        try:
+            while self.ready < len(self.chunks) and self.chunks[self.ready].content_hash in self.cache:
+                self.ready += 1
+            if self.ready - self.written >= (1 if final else self.rows_per_group):
+                rows = self.chunks[self.written:self.ready]
+                self.writer.write(chunk_table(rows, self.cache.get_many([c.content_hash for c in rows]), self.meta))
+                self.written = self.ready
+        finally:
+            self._lock.release()
+
+    def finish(self, complete: bool) -> bool:
+        """Commit when `complete` (no chunk failed) and every chunk is written; else drop the file."""
+        if complete:
+            self.advance(final=True)
+            if self.written == len(self.chunks):
+                self.writer.commit()
+                return True
+        self.writer.abort()
+        return False
+
+    def abort(self) -> None:
+        """Drop the file (idempotent): the run failed."""
+        self.writer.abort()

@@ -21,11 +21,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import api
+from pipeline import api, run
 from pipeline.config import Config, EmbeddingConfig, load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
 from pipeline.emulator.vectors import embed_texts
-from pipeline.store import current_snapshot
+from pipeline.store import SnapshotStream, current_snapshot
 
 MODEL = "Embeddings"
 _EN = "the river city model vector server request batch token answer green quiet market paper window"
@@ -61,7 +61,7 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     async def quick(*args: Any, **kw: Any) -> Any:
         return await embedding.embed_items(*args, **{**kw, "backoff_initial_s": 0.01, "backoff_max_s": 0.05})
 
-    monkeypatch.setattr(api, "embed_items", quick)
+    monkeypatch.setattr(run, "embed_items", quick)
 
 
 def _embed(config: Config) -> api.EmbedReport:
@@ -251,7 +251,7 @@ def test_plan_sends_nothing_and_counts_what_the_cache_saves(corpus: Path, tmp_pa
 
 def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api._SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
+    monkeypatch.setattr(SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
     with start_emulator(_profile(base_latency_ms=5)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=4)
         report = _embed(config)
@@ -268,7 +268,7 @@ def test_fresh_build_written_while_embedding_equals_the_corpus_in_order(corpus: 
 
 def test_failed_batches_drop_the_streamed_file_and_their_documents(corpus: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api._SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
+    monkeypatch.setattr(SnapshotStream, "ROW_GROUP_BYTES", 16 * 4 * 1024)  # 16 rows
     with start_emulator(_profile(error_rate=0.3)) as emu:
         config = _config(emu, corpus, tmp_path / "out", tmp_path / "cache", batch_size=8, concurrency=2,
                          max_attempts=1)

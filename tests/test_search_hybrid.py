@@ -1,13 +1,12 @@
-from pathlib import Path
+"""Hybrid search: reciprocal rank fusion, and dense + BM25 lists fused into Hits."""
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.hybrid import RRF_K, Bm25Index, load_bm25, reciprocal_rank_fusion, tokenize
-from pipeline.search import hybrid_search
+from pipeline.index.bm25 import Bm25Index
+from pipeline.search import RRF_K, hybrid_search, reciprocal_rank_fusion
 
 TEXTS = [
     "Create a virtual environment with python -m venv, then activate it.",
@@ -17,14 +16,6 @@ TEXTS = [
     "The os.path.join function joins path components.",
     "Закваску кормят мукой и водой каждый день.",
 ]
-
-
-def test_tokenize_stems_russian_and_english_and_drops_stop_words() -> None:
-    assert tokenize("The environments were created") == ["environ", "creat"]
-    assert tokenize("Хлеба пекут в духовках") == ["хлеб", "пекут", "духовк"]
-    assert tokenize("os.path.join sys_path") == ["os", "path", "join", "sys", "path"]
-    assert tokenize("Ёжик ежик") == ["ежик", "ежик"]  # ё folds to е
-    assert tokenize("Python 3.11") == ["python", "3", "11"]
 
 
 def test_rrf_by_hand() -> None:
@@ -39,28 +30,6 @@ def test_rrf_ties_keep_first_seen_order_and_one_list_keeps_its_order() -> None:
     assert [i for i, _ in reciprocal_rank_fusion([[1, 2], [2, 1]])] == [1, 2]
     assert [i for i, _ in reciprocal_rank_fusion([[5, 4, 3]])] == [5, 4, 3]
     assert reciprocal_rank_fusion([[], []]) == []
-
-
-def test_bm25_finds_words_in_either_language_and_saves(tmp_path: Path) -> None:
-    index = Bm25Index.build(TEXTS)
-    assert [i for i, _ in index.top("хлебом", 3)] == [1]
-    assert index.top("virtual environments", 3)[0][0] == 0
-    assert index.top("закваска", 3)[0][0] in (1, 5)
-    assert index.top("the of and", 3) == []  # stop words only
-    assert index.top("zzzunknown", 3) == []
-    allowed = np.array([True, False, True, True, True, True])
-    assert all(i != 1 for i, _ in index.top("хлеб закваска", 5, allowed))
-    index.save(tmp_path / "bm25")
-    again = load_bm25(tmp_path)
-    assert again.top("gravity light", 2) == index.top("gravity light", 2)
-
-
-def test_empty_corpus_and_missing_index(tmp_path: Path) -> None:
-    empty = Bm25Index.build([])
-    empty.save(tmp_path / "bm25")
-    assert load_bm25(tmp_path).top("anything", 5) == []
-    with pytest.raises(StoreError, match="pipeline index"):
-        load_bm25(tmp_path / "nowhere")
 
 
 def test_hybrid_fuses_a_keyword_only_match_into_the_dense_list() -> None:

@@ -1,9 +1,7 @@
 """Index building: FAISS from a snapshot's Parquet vectors, streamed in batches, then tuned and saved.
 
-Writes index/index.faiss (plain faiss.read_index opens it), index/rows.arrow (FAISS id -> chunk row, an
-Arrow IPC file that searches memory-map, so chunk texts are read only for the hits),
-index/bm25/ (the lexical index for hybrid search) and index/meta.json (the IndexReport: choice, search
-parameter, measured recall@10, latency, memory). Vectors are never all in memory outside the index itself.
+Saves through files.py: the index, its rows, the BM25 index for hybrid search and the IndexReport (choice,
+search parameter, measured recall@10, latency, memory). Vectors are never all in memory outside the index.
 """
 
 from __future__ import annotations
@@ -13,10 +11,8 @@ import ctypes
 import json
 import logging
 import resource
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,23 +24,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import IndexBuildError, StoreError
-from ..store import META_KEY, ROW_COLUMNS, Snapshot, read_rows, write_json_atomic
-from .score import ExactTopK, latency_ms, set_search_param, single_thread, tune_search_param
+from ..store import META_KEY, Snapshot, iter_vector_batches
+from .bm25 import Bm25Index
+from .files import copy_rows, index_file_bytes, read_index_rows, save_bm25, save_faiss, save_meta
+from .score import ExactTopK, latency_ms, single_thread, tune_search_param
 from .select import read_batch_rows, select_index
 
-__all__ = ["IndexReport", "build_index", "iter_vector_batches", "load_index", "read_index_rows", "set_search_param"]
+__all__ = ["IndexReport", "build_index"]
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-ROWS_FILE = "rows.arrow"
-LEGACY_ROWS_FILE = "rows.parquet"  # indexes built before rows.arrow
-META_FILE = "meta.json"
-BM25_DIR = "bm25"
 RECALL_QUERIES = 200
 LATENCY_QUERIES = 100
 RECALL_K = 10
-ROWS_BATCH = 8192
 SMALL_JOB_FLOATS = 1 << 24  # n * dim below this: build on one thread
 
 
@@ -75,25 +67,6 @@ class IndexReport:
     build_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)  # per step: sample, train, add, tune, save, bm25
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-def _open(path: Path) -> pq.ParquetFile:
-    try:
-        # pre_buffer off and a small read buffer: pages are decompressed as batches are asked for, so a
-        # snapshot written as one huge row group still streams (pre-buffering would load its whole column).
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
-        raise StoreError(f"{path}: cannot read vectors: {e}") from None
-
-
-def iter_vector_batches(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
-    """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order."""
-    for batch in _open(path).iter_batches(batch_size=batch_rows, columns=["vector"]):
-        column = batch.column(0)
-        if not isinstance(column.type, pa.FixedSizeListType):
-            raise StoreError(f"{path}: column 'vector' is not fixed_size_list<float32>")
-        dim = column.type.list_size
-        yield column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
 def _sample(path: Path, batch_rows: int, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,12 +101,6 @@ def _release_memory() -> None:
 def _peak_rss() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def _dir_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 class _Timer:
@@ -230,19 +197,15 @@ def build_index(
             params, recall, curve = {}, 1.0, []
         p50, p95 = latency_ms(index, queries[:LATENCY_QUERIES], RECALL_K)
 
-    snap.index_dir.mkdir(parents=True, exist_ok=True)
     with timer.step("save"):
-        tmp = snap.index_dir / f".{INDEX_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        faiss.write_index(index, str(tmp))
-        tmp.replace(snap.index_dir / INDEX_FILE)
-        index_bytes = (snap.index_dir / INDEX_FILE).stat().st_size
+        index_bytes = save_faiss(index, snap.index_dir)
         del index  # the lexical index is built after the vectors' index is gone from memory
         _release_memory()
-        _copy_rows(snap.vectors_path, snap.index_dir / ROWS_FILE)
+        copy_rows(snap.vectors_path, snap.index_dir)
     has_bm25 = False
     if bm25:
         with timer.step("bm25"):
-            has_bm25 = _build_bm25(snap.index_dir / ROWS_FILE, snap.index_dir / BM25_DIR)
+            has_bm25 = _build_bm25(snap.index_dir)
 
     report = IndexReport(
         kind=choice.kind, factory=choice.factory, vectors=n, dimension=dim,
@@ -251,11 +214,11 @@ def build_index(
         target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
         latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3), memory_budget_bytes=memory_budget_bytes,
         estimated_bytes=choice.estimated_bytes, estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes,
-        file_bytes=sum(_dir_bytes(snap.index_dir / f) for f in (INDEX_FILE, ROWS_FILE, BM25_DIR)),
+        file_bytes=index_file_bytes(snap.index_dir),
         peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - started, 3),
         seconds=timer.seconds, fingerprint=vec_meta.get("fingerprint", {}),
     )
-    write_json_atomic(asdict(report), snap.index_dir / META_FILE)
+    save_meta(asdict(report), snap.index_dir)
     return report
 
 
@@ -322,65 +285,14 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
         pre.ntotal = ivf.ntotal
 
 
-def _copy_rows(src: Path, dest: Path) -> None:
-    """Every column but the vector, copied batch by batch to dest (an Arrow IPC file, atomically)."""
-    source = _open(src)
-    columns = [c for c in ROW_COLUMNS if c in source.schema_arrow.names]
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _build_bm25(index_dir: Path) -> bool:
+    """The BM25 index of the chunk texts, saved beside the index; False when bm25s is not installed."""
+    column = read_index_rows(index_dir).column("text")
+    texts = (t for chunk in column.chunks for t in chunk.to_pylist())
     try:
-        schema = pa.schema([source.schema_arrow.field(c) for c in columns], metadata=source.schema_arrow.metadata)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for batch in source.iter_batches(batch_size=ROWS_BATCH, columns=columns):
-                writer.write_batch(batch)
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_index_rows(index_dir: Path) -> pa.Table:
-    """The rows table of an index, memory-mapped: pages are read from disk only when a column is used."""
-    path = index_dir / ROWS_FILE
-    if not path.is_file() and (index_dir / LEGACY_ROWS_FILE).is_file():
-        return read_rows(index_dir / LEGACY_ROWS_FILE)
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
-        raise StoreError(f"{path}: missing or unreadable index rows: {e}") from None
-
-
-def _build_bm25(rows_path: Path, dest: Path) -> bool:
-    """The BM25 index of the chunk texts, saved to dest; False when bm25s is not installed."""
-    try:
-        from ..hybrid import Bm25Index
+        bm25 = Bm25Index.build(texts)
     except ImportError:  # pragma: no cover - bm25s is a declared dependency; an old venv may lack it
         log.warning("bm25s is not installed: no lexical index, so no --hybrid search")
         return False
-    column = read_index_rows(rows_path.parent).column("text")
-    texts = (t for chunk in column.chunks for t in chunk.to_pylist())
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        Bm25Index.build(texts).save(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.replace(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_bm25(bm25, index_dir)
     return True
-
-
-def load_index(snap: Snapshot) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
-    """The saved index with its search parameter applied, its rows table and its metadata."""
-    path = snap.index_dir / INDEX_FILE
-    if not path.is_file():
-        raise StoreError(f"{path}: no index; run `pipeline index` first")
-    try:
-        meta = json.loads((snap.index_dir / META_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise StoreError(f"{snap.index_dir / META_FILE}: missing or corrupt index metadata: {e}") from None
-    index = faiss.read_index(str(path))
-    set_search_param(index, meta.get("search_param", {}))
-    rows = read_index_rows(snap.index_dir)
-    if rows.num_rows != index.ntotal:
-        raise StoreError(f"{snap.index_dir}: index holds {index.ntotal} vectors but rows has {rows.num_rows}")
-    return index, rows, meta
-

@@ -1,27 +1,25 @@
-"""Hybrid search: a BM25 index of chunk texts (bm25s), fused with dense hits by reciprocal rank fusion.
+"""BM25: the lexical index of chunk texts (bm25s), built beside the FAISS index for hybrid search.
 
+Knows tokens and scores only: no FAISS, no fusion (search.py), no file names (files.py saves and loads it).
 Tokenisation is for Russian and English together: lower-cased word runs, stop words dropped, each word
-stemmed by the Snowball stemmer of its script. Knows nothing of FAISS; search.py joins the two lists.
+stemmed by the Snowball stemmer of its script.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RRF_K", "Bm25Index", "load_bm25", "reciprocal_rank_fusion", "tokenize"]
+__all__ = ["TOKENIZER", "Bm25Index", "tokenize"]
 
-RRF_K = 60  # the constant of Cormack et al. (2009); ranks past ~60 barely count
 _WORD = re.compile(r"[^\W_]+")  # letters and digits; `_`, `.` and `/` split identifiers and paths
 _CYRILLIC = re.compile(r"[а-яё]")
 _LATIN = re.compile(r"[a-z]")
-_INFO_FILE = "tokenizer.json"
 TOKENIZER = "stem-en-ru-v1"  # bump when tokenize() changes: saved indexes then ask to be rebuilt
 
 
@@ -81,24 +79,18 @@ class Bm25Index:
         return cls(retriever, len(ids))
 
     def save(self, path: Path) -> None:
+        """The bm25s files into the folder `path` (nothing for an empty index); files.save_bm25 adds the rest."""
         path.mkdir(parents=True, exist_ok=True)
         if self.num_docs:
             self._retriever.save(str(path), show_progress=False)  # type: ignore[attr-defined]
-        (path / _INFO_FILE).write_text(json.dumps({"num_docs": self.num_docs, "tokenizer": TOKENIZER}),
-                                        encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> Bm25Index:
+    def open(cls, path: Path, num_docs: int) -> Bm25Index:
+        """The index save() wrote to `path`, memory-mapped."""
         import bm25s
 
-        info = json.loads((path / _INFO_FILE).read_text(encoding="utf-8"))
-        if info.get("tokenizer") != TOKENIZER:
-            from .errors import StoreError
-
-            raise StoreError(f"{path}: BM25 index of tokenizer {info.get('tokenizer')!r}, this version uses "
-                             f"{TOKENIZER!r}; rebuild it with `pipeline index`")
-        retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False) if info["num_docs"] else None
-        return cls(retriever, int(info["num_docs"]))
+        retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False) if num_docs else None
+        return cls(retriever, num_docs)
 
     def top(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """(row, score) of the k best-scoring chunks with a positive score, best first, within `allowed`."""
@@ -116,21 +108,3 @@ class Bm25Index:
         best = best[np.argsort(-scores[best], kind="stable")]
         return [(int(i), float(scores[i])) for i in best if scores[i] > 0]
 
-
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Items of several best-first rankings, ordered by sum of 1 / (k + rank) (rank from 1); ties keep first-seen order."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, 1):
-            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda kv: -kv[1])
-
-
-def load_bm25(index_dir: Path) -> Bm25Index:
-    """The lexical index saved beside a FAISS index. Raises StoreError when the index predates it."""
-    from .errors import StoreError
-
-    path = index_dir / "bm25"
-    if not (path / _INFO_FILE).is_file():
-        raise StoreError(f"{index_dir}: no BM25 index for --hybrid; rebuild it with `pipeline index`")
-    return Bm25Index.load(path)

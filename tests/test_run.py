@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import api
-from pipeline.errors import LockHeldError, ModelMismatchError
+from pipeline.errors import LockHeldError, ModelMismatchError, SourceError
 from pipeline.store import current_snapshot
+from tests.fakes import FakeProvider
 
 
 def _rows(out_dir: Path) -> dict[str, tuple]:
@@ -107,3 +108,46 @@ def test_kill_9_at_any_point_keeps_the_old_index_and_the_rerun_completes(tiny_co
     api.embed(scratch)
     _assert_same_index(config.out_dir, scratch.out_dir)
     assert len(list((config.out_dir / "snapshots").iterdir())) <= 2  # crashed leftovers are cleaned up
+
+
+class _ClosingProvider(FakeProvider):
+    """A provider that counts its closes (the run owns a caller's provider and closes it exactly once)."""
+
+    closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_a_callers_provider_is_closed_once_whether_the_run_embeds_skips_or_is_refused(tiny_corpus: Path,
+                                                                                       config_for) -> None:
+    config = config_for(tiny_corpus)
+    spec = config.model_spec()
+    embedding = _ClosingProvider(spec)
+    report = api.embed(config, build=False, provider=embedding)
+    assert report.embedded > 0 and embedding.batches and embedding.closed == 1
+    nothing_to_do = _ClosingProvider(spec)
+    assert api.embed(config, build=False, provider=nothing_to_do).embedded == 0
+    assert nothing_to_do.closed == 1 and not nothing_to_do.batches
+    refused = _ClosingProvider(spec)
+    with pytest.raises(SourceError):
+        api.embed(replace(config, corpus=tiny_corpus / "missing"), provider=refused)
+    assert refused.closed == 1
+
+
+def test_embed_and_plan_share_the_run_context(tiny_corpus: Path, config_for) -> None:
+    from pipeline.run import RunContext
+
+    config = config_for(tiny_corpus)
+    context = RunContext.open(config, config.model_spec())
+    assert context.out_dir == config.out_dir
+    report = api.embed(config, build=False)
+    assert current_snapshot(config.out_dir).manifest()["fingerprint_id"] == context.fingerprint_id
+    assert api.plan(config).texts_to_send == 0  # the same cache key: everything is cached
+    context.read_previous()
+    assert context.previous is not None and not context.foreign() and report.vectors
+    other = replace(config, chunking=replace(config.chunking, overlap_tokens=config.chunking.overlap_tokens + 1))
+    sibling = RunContext.open(other, other.model_spec(), new_index=True)
+    assert sibling.out_dir.parent == config.out_dir.parent and sibling.out_dir.name.startswith("out.")
+    assert sibling.cache_key == context.cache_key  # chunking does not change the vectors' cache
+    assert RunContext.open(other, other.model_spec()).out_dir == config.out_dir  # without --new-index: as given

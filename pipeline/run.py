@@ -1,0 +1,529 @@
+"""Run: bring an output directory up to date with a corpus (embed, reindex), or say what that would send (plan).
+
+Joins sources -> chunking -> embedding -> store -> index around one RunContext; never searches or answers.
+The run's event loop lives here; corpus images are described by a describer its caller supplies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from .chunking import ChunkSettings, chunk_document, split_for_retry
+from .config import Config
+from .embedding import EmbedItem, EmbedStats, embed_items
+from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError
+from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
+from .planning import EmbedPlan, make_plan
+from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
+from .records import Chunk, Document, ModelSpec
+from .sources import SourceReport, iter_documents
+from .store import (
+    META_KEY,
+    Snapshot,
+    SnapshotStream,
+    VectorCache,
+    chunk_table,
+    current_snapshot,
+    empty_table,
+    fingerprint_id,
+    live_snapshot,
+    new_snapshot_dir,
+    publish_snapshot,
+    write_json_atomic,
+    write_table_atomic,
+)
+from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_for
+
+if TYPE_CHECKING:  # the index stage loads when a run builds one (faiss: 50 ms)
+    from .index import IndexReport
+
+__all__ = ["EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus", "chunk_counter", "embed",
+           "no_images", "no_progress", "plan", "reindex"]
+
+Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
+Describe = Callable[[Path, str], str]  # an image file and its doc id -> its description
+Images = Callable[[Config], contextlib.AbstractContextManager[Describe | None]]  # opens and closes a describer
+EXIT_PARTIAL = 3
+EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
+
+
+def no_progress(label: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@contextlib.contextmanager
+def no_images(config: Config) -> Iterator[Describe | None]:
+    """No describer: the corpus images are skipped."""
+    yield None
+
+
+@dataclass
+class EmbedReport:
+    """What an embed run did; printed as the summary line and saved as out/run-report.json."""
+
+    corpus: str
+    model: str
+    out_dir: str
+    files: int = 0
+    documents: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    chunks: int = 0
+    tokens: int = 0
+    vectors: int = 0
+    cached: int = 0
+    embedded: int = 0
+    failed_chunks: int = 0
+    failed_documents: list[str] = field(default_factory=list)
+    failure_reasons: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    split_texts: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # what the embedder ended on: texts/request, in flight, req/s
+    chunk_seconds: float = 0.0  # reading, hashing and chunking the corpus
+    embed_seconds: float = 0.0
+    index_seconds: float = 0.0
+    seconds: float = 0.0
+    snapshot: str = ""
+    diff: dict[str, int] = field(default_factory=dict)  # added / changed / deleted / unchanged documents
+    index: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.failed_chunks else 0
+
+    def summary(self) -> str:
+        skipped = sum(self.skipped.values())
+        rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        d = self.diff
+        changes = (f" (+{d.get('added', 0)} ~{d.get('changed', 0)} -{d.get('deleted', 0)} "
+                   f"={d.get('unchanged', 0)})") if d else ""
+        return (f"{self.documents} documents{changes}, {self.chunks} chunks, {skipped} skipped, "
+                f"{self.vectors} vectors ({self.embedded} embedded, {self.cached} cached), "
+                f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s")
+
+
+def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
+    """The chunker's counter: the offline one, or with [chunking] exact_tokens the provider's own count.
+
+    The exact counter asks the service (GigaChat's /tokens/count) once per distinct text, plus the
+    embeddings endpoint's per-text overhead; only providers that can count support it.
+    """
+    if not config.chunking.exact_tokens:
+        return token_counter_for(spec)
+    provider = embedding_provider(spec, config)
+    count_tokens = getattr(provider, "count_tokens", None)
+    if count_tokens is None:
+        raise ConfigError(f"--exact-tokens: the {spec.provider} provider of {spec.name} cannot count tokens")
+
+    def count_many(texts: list[str]) -> list[int]:
+        return list(asyncio.run(count_tokens(texts)))
+
+    return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
+
+
+def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress,
+                 images: Images = no_images) -> Iterator[Chunk]:
+    """Chunks of every document of a corpus, for the configured model."""
+    spec = config.model_spec()
+    settings = ChunkSettings.for_model(spec, config.chunking)
+    counter = chunk_counter(config, spec)
+    advance = progress("chunk", None)
+    with images(config) as describe:
+        for doc in iter_documents(corpus, report, describe):
+            yield from chunk_document(doc, settings, counter)
+            advance(1)
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out_dir / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LockHeldError(f"{out_dir}: another pipeline run holds the lock ({out_dir / '.lock'})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_spec(config: Config) -> ModelSpec:
+    """The model of a run over config's corpus. Raises ConfigError (no corpus) or SourceError (none there)."""
+    if config.corpus is None:
+        raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
+    if not config.corpus.exists():
+        raise SourceError(f"{config.corpus}: corpus path does not exist")
+    return config.model_spec()
+
+
+@dataclass
+class RunContext:
+    """What an embed run (and its plan) works from: model, chunking, fingerprint, output and its live snapshot.
+
+    `config.out_dir` is resolved (a --new-index sibling when the live index has another fingerprint);
+    `previous` and `manifest` are read by read_previous(), under the lock for a run that writes.
+    """
+
+    config: Config
+    spec: ModelSpec
+    settings: ChunkSettings
+    counter: TokenCounter  # the chunker's: see chunk_counter
+    fingerprint: dict[str, Any]
+    previous: Snapshot | None = None
+    manifest: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, config: Config, spec: ModelSpec, *, new_index: bool = False) -> RunContext:
+        settings = ChunkSettings.for_model(spec, config.chunking)
+        counter = chunk_counter(config, spec)
+        fp = {
+            "model": spec.name, "provider": spec.provider, "endpoint": provider_endpoint(spec, config),
+            "dimension": spec.dimension, "normalize": spec.normalize,
+            "query_instruction": spec.query_instruction, "passage_instruction": spec.passage_instruction,
+            "chunking": {"max_tokens": settings.max_tokens, "target_tokens": settings.target_tokens,
+                         "overlap_tokens": settings.overlap_tokens, "tokenizer": counter.name},
+        }
+        out_dir = config.out_dir
+        if new_index:
+            live = current_snapshot(out_dir) if out_dir.exists() else None
+            if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
+                out_dir = out_dir.with_name(f"{out_dir.name}.{fp['model']}-{fingerprint_id(fp)[:8]}")
+        return cls(replace(config, out_dir=out_dir), spec, settings, counter, fp)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.config.out_dir
+
+    @property
+    def fingerprint_id(self) -> str:
+        return fingerprint_id(self.fingerprint)
+
+    @property
+    def cache_key(self) -> str:
+        """Vectors depend on model, endpoint and passage instruction, not on chunking or normalisation."""
+        fp = self.fingerprint
+        return f"{fp['model']}-" + fingerprint_id({k: fp[k] for k in ("model", "provider", "endpoint", "dimension",
+                                                                         "passage_instruction")})
+
+    def cache(self) -> VectorCache:
+        return VectorCache(self.config.cache_dir, self.cache_key, self.spec.dimension, normalize=self.spec.normalize)
+
+    def read_previous(self) -> None:
+        """The live snapshot of out_dir and its manifest (None, None before the first run)."""
+        self.previous = current_snapshot(self.out_dir) if self.out_dir.exists() else None
+        self.manifest = self.previous.manifest() if self.previous else None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold out_dir's run lock, with the previous snapshot read under it. Raises LockHeldError."""
+        with _locked(self.out_dir):
+            self.read_previous()
+            yield
+
+    def foreign(self) -> bool:
+        """The live snapshot was built with another fingerprint (model, endpoint, chunking...)."""
+        return bool(self.manifest) and self.manifest.get("fingerprint_id") != self.fingerprint_id  # type: ignore[union-attr]
+
+    def mismatch(self) -> ModelMismatchError:
+        was = (self.manifest or {}).get("fingerprint", {})
+        return ModelMismatchError(
+            f"{self.out_dir} holds an index of {was.get('model')!r} with other settings "
+            f"(fingerprint {(self.manifest or {}).get('fingerprint_id')}); this run would be {self.spec.name!r} "
+            f"({self.fingerprint_id}). Use --new-index to build beside it, or --out another directory")
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        return {"model": self.spec.name, "dimension": self.spec.dimension, "normalize": self.spec.normalize,
+                "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class _OwnedProvider:
+    """The run's embedding provider (the caller's, or made here) and the one rule for closing it.
+
+    The run owns it from the start and closes it exactly once: inside the event loop that embedded with it
+    (aclose, at the end of that loop), else when the run ends (close).
+    """
+
+    def __init__(self, provider: EmbeddingProvider | None) -> None:
+        self.provider = provider
+
+    def get(self, spec: ModelSpec, config: Config) -> EmbeddingProvider:
+        """The provider, made now if none was given or warmed (a missing credential raises here)."""
+        if self.provider is None:
+            self.provider = embedding_provider(spec, config)
+        return self.provider
+
+    async def aclose(self) -> None:
+        provider, self.provider = self.provider, None
+        if provider is not None:
+            await provider.aclose()
+
+    def close(self) -> None:
+        if self.provider is not None:
+            asyncio.run(self.aclose())
+
+
+def _crash_point(name: str) -> None:
+    """Die like kill -9 at a named point when the crash tests ask for it (PIPELINE_TEST_CRASH_AT)."""
+    if os.environ.get("PIPELINE_TEST_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
+          provider: EmbeddingProvider | None = None, images: Images = no_images) -> EmbedReport:
+    """Bring the output directory up to date with the corpus: incremental, locked, atomic.
+
+    Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
+    ones are chunked and embedded (the cache first); deleted ones drop out. A document whose
+    embedding failed keeps its previous version, is listed, and is redone by the next run. The new
+    snapshot is published only when complete, so searches never see a half-built index.
+    `provider`: one already made for config's model (providers.warmed_provider); the run owns and closes
+    it, refused or not. Default: made and warmed here. `images` opens the corpus images' describer.
+    Raises ModelMismatchError when the live index has another model fingerprint (use new_index).
+    """
+    started = time.perf_counter()
+    owner = _OwnedProvider(provider)
+    try:
+        spec = _run_spec(config)
+        preload_counter(spec)
+        # Started first: the access token arrives while the tokenizer loads and the corpus is read.
+        if owner.provider is None:
+            owner.provider = warmed_provider(spec, config)
+        ctx = RunContext.open(config, spec, new_index=new_index)
+        with ctx.locked():
+            if ctx.foreign():
+                raise ctx.mismatch()
+            return _update(ctx, owner, started, build, progress, images)
+    finally:
+        owner.close()
+
+
+def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool, progress: Progress,
+            images: Images) -> EmbedReport:
+    """The locked part of embed: diff, chunk and embed what is missing, write, index and publish."""
+    config, out_dir = ctx.config, ctx.out_dir
+    report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=str(out_dir))
+    sources = SourceReport()
+    diff = CorpusDiff()
+    cache = ctx.cache()
+    new_chunks: list[Chunk] = []
+    todo: dict[str, EmbedItem] = {}
+
+    def chunked() -> None:
+        report.chunk_seconds = time.perf_counter() - started
+
+    meta = ctx.snapshot_meta()
+    snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
+    # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
+    stream = SnapshotStream(snap, new_chunks, cache, meta) if ctx.previous is None else None
+    with images(config) as describe, _aborted_on_error(stream):
+        # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
+        # the first requests leave with the first file instead of after the whole corpus is read.
+        to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
+                               ctx.manifest["documents"] if ctx.manifest else None, diff)
+        missing = _missing_items(to_chunk, ctx.settings, ctx.counter, cache, new_chunks, todo,
+                                 progress("chunk", None), chunked)
+        first = next(missing, None)
+        stats = EmbedStats()
+        if first is not None:
+            stats = asyncio.run(_embed_missing(ctx, owner, itertools.chain([first], missing), cache, progress,
+                                               stream.advance if stream else None))
+    report.files, report.documents = sources.files, sources.documents
+    report.skipped, report.warnings = dict(sources.skipped), sources.warnings
+    report.diff = diff.counts()
+    report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
+    report.embedded = stats.texts
+    report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
+    report.errors = dict(stats.errors)
+    report.limits = {"texts_per_request": stats.batch_texts, "in_flight": stats.concurrency,
+                     "requests_per_s": round(stats.requests_per_s, 2)} if stats.requests else {}
+    report.embed_seconds = stats.seconds
+    report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
+
+    failed_docs = sorted({c.doc_id for c in new_chunks if c.content_hash in stats.failed})
+    report.failed_documents = failed_docs
+    report.failed_chunks = sum(1 for c in new_chunks if c.content_hash in stats.failed)
+    report.failure_reasons = sorted(set(stats.failed.values()))[:10]
+    _crash_point("after_embed")
+
+    _write_snapshot(ctx, snap, meta, diff, new_chunks, set(failed_docs), cache, sources, stream)
+    report.chunks = snap_rows = _row_count(snap)
+    report.vectors = snap_rows
+    if build and snap_rows:
+        index_started = time.perf_counter()
+        report.index = asdict(_build(config, snap, progress))
+        report.index_seconds = time.perf_counter() - index_started
+    _crash_point("before_publish")
+    publish_snapshot(out_dir, snap, previous=ctx.previous)
+    _crash_point("after_publish")
+    report.snapshot = str(snap.path)
+    report.seconds = time.perf_counter() - started
+    write_json_atomic(asdict(report), out_dir / "run-report.json")
+    with (out_dir / "runs.jsonl").open("a", encoding="utf-8") as history:  # one line a run, for dashboards
+        history.write(json.dumps({k: v for k, v in asdict(report).items() if k not in ("warnings", "index")},
+                                 ensure_ascii=False) + "\n")
+    return report
+
+
+def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
+    """What `embed` would send, and how long it should take, without calling the provider.
+
+    Reads the corpus, the live snapshot and the vector cache; takes no lock and writes nothing.
+    latency_ms is the expected time of one request (None: a documented guess, noted in the plan).
+    """
+    ctx = RunContext.open(config, _run_spec(config))  # the fingerprint embed would record
+    counter = token_counter_for(ctx.spec)  # offline: planning sends nothing, not even token counts
+    result = EmbedPlan(corpus=str(config.corpus), model=ctx.spec.name)
+    if config.chunking.exact_tokens:
+        result.notes.append("exact_tokens: planned with the offline token counter (the exact one asks the "
+                            "service), so chunk and cache-hit counts may differ a little")
+    ctx.read_previous()
+    manifest = ctx.manifest
+    if ctx.foreign():
+        result.notes.append(f"{config.out_dir} holds an index of other settings: embed refuses it without "
+                            "--new-index; planned as a fresh build")
+        manifest = None
+    sources = SourceReport()
+    diff = diff_corpus(iter_documents(config.corpus, sources), manifest["documents"] if manifest else None)
+    if sources.skipped:
+        result.notes.append(f"skipped files (not planned): {dict(sources.skipped)}")
+    chunks: list[Chunk] = []
+    todo: dict[str, EmbedItem] = {}
+    for _ in _missing_items(diff.to_chunk, ctx.settings, counter, ctx.cache(), chunks, todo, lambda n: None,
+                            lambda: None):
+        pass
+    result.documents, result.documents_to_chunk = sources.documents, len(diff.to_chunk)
+    result.chunks = len(chunks)
+    result.cache_hits = sum(1 for c in chunks if c.content_hash not in todo)
+    return make_plan(result, list(todo.values()), ctx.spec, config.embedding, latency_ms)
+
+
+def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
+    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
+    with _locked(config.out_dir):
+        live = live_snapshot(config.out_dir)
+        snap = new_snapshot_dir(config.out_dir)
+        for src in (live.vectors_path, live.manifest_path):
+            try:
+                os.link(src, snap.path / src.name)
+            except OSError:  # another filesystem, or no hard links there
+                shutil.copy2(src, snap.path / src.name)
+        report = _build(config, snap, progress)
+        publish_snapshot(config.out_dir, snap, previous=live)
+    return report
+
+
+def _row_count(snap: Snapshot) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(snap.vectors_path).metadata.num_rows)
+
+
+def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
+    from .index import build_index
+
+    return build_index(snap, index_type=config.index.index_type,
+                       memory_budget_bytes=config.index.memory_budget_bytes,
+                       target_recall=config.index.target_recall, progress=progress("index", _row_count(snap)))
+
+
+def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
+                   chunks: list[Chunk], todo: dict[str, EmbedItem], advance: Callable[[int], None],
+                   done: Callable[[], None]) -> Iterator[EmbedItem]:
+    """Chunk `docs` into `chunks`; yield (and note in `todo`) each content hash neither cached nor yielded."""
+    for doc in docs:
+        for c in chunk_document(doc, settings, counter):
+            chunks.append(c)
+            if c.content_hash not in cache and c.content_hash not in todo:
+                todo[c.content_hash] = item = EmbedItem(c.content_hash, c.text, c.token_count)
+                yield item
+        advance(1)
+    done()
+
+
+async def _embed_missing(ctx: RunContext, owner: _OwnedProvider, items: Iterable[EmbedItem], cache: VectorCache,
+                         progress: Progress, after_put: Callable[[], None] | None = None) -> EmbedStats:
+    """Embed items into the cache; the owned provider is closed at the end of this, its loop."""
+    try:
+        provider = owner.get(ctx.spec, ctx.config)
+        counter = token_counter_for(ctx.spec)
+        advance = progress("embed", len(items) if isinstance(items, Sized) else None)
+
+        def store(keys: list[str], matrix: np.ndarray) -> None:
+            cache.put(keys, matrix)
+            if after_put is not None:
+                after_put()
+
+        async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
+            await asyncio.to_thread(store, keys, matrix)
+
+        return await embed_items(provider, items, ctx.config.embedding, on_batch=on_batch, progress=advance,
+                                 splitter=lambda text: split_for_retry(text, counter))
+    finally:
+        await owner.aclose()
+
+
+@contextlib.contextmanager
+def _aborted_on_error(stream: SnapshotStream | None) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
+
+
+def _write_snapshot(ctx: RunContext, snap: Snapshot, meta: dict[str, Any], diff: CorpusDiff,
+                    new_chunks: list[Chunk], failed_docs: set[str], cache: VectorCache, sources: SourceReport,
+                    stream: SnapshotStream | None) -> None:
+    """New snapshot = unchanged rows of the previous one + rows of new chunks (+ old rows of failed docs)."""
+    import pyarrow.parquet as pq
+
+    prev_docs: dict[str, Any] = ctx.manifest["documents"] if ctx.manifest else {}
+    done = [c for c in new_chunks if c.doc_id not in failed_docs]
+    if stream is None or not stream.finish(complete=not failed_docs):
+        matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
+        keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
+        old_table = pq.read_table(ctx.previous.vectors_path) if ctx.previous is not None and keep_old else None
+        new_table = chunk_table(done, matrix, meta) if done else None
+        if old_table is None and new_table is None:
+            table = empty_table(cache.dimension, meta)
+        else:
+            table = merge_tables(old_table, keep_old, new_table, diff.order)
+        table = table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+        write_table_atomic(table, snap.vectors_path)
+
+    documents: dict[str, dict[str, Any]] = {}
+    for doc_id in diff.unchanged:
+        documents[doc_id] = prev_docs[doc_id]
+    for doc_id in failed_docs:
+        if doc_id in prev_docs:  # the old version keeps serving; its old hash makes the next run retry
+            documents[doc_id] = prev_docs[doc_id]
+    chunk_counts: dict[str, int] = {}
+    for c in done:
+        chunk_counts[c.doc_id] = chunk_counts.get(c.doc_id, 0) + 1
+    for doc in diff.to_chunk:
+        if doc.doc_id not in failed_docs:
+            documents[doc.doc_id] = {"content_hash": doc.content_hash, "source_path": doc.source_path,
+                                     "chunks": chunk_counts.get(doc.doc_id, 0)}
+    write_json_atomic({**meta, "corpus": str(ctx.config.corpus), "documents": documents,
+                       "failed_documents": sorted(failed_docs), "skipped": dict(sources.skipped)},
+                      snap.manifest_path)
