@@ -47,13 +47,16 @@ def _progress_bars(enabled: bool) -> Progress:
     return factory
 
 
-def _config(config_path: Path | None, *, exact_tokens: bool = False, **overrides: Any) -> Config:
+def _config(config_path: Path | None, *, exact_tokens: bool = False, follow_symlinks: bool | None = None,
+            **overrides: Any) -> Config:
+    from dataclasses import replace
+
     config = load_config(config_path, model=overrides.get("model"), corpus=overrides.get("corpus"),
                          out_dir=overrides.get("out_dir"))
     if exact_tokens:
-        from dataclasses import replace
-
         config = config.with_overrides(chunking=replace(config.chunking, exact_tokens=True))
+    if follow_symlinks is not None:
+        config = config.with_overrides(sources=replace(config.sources, follow_symlinks=follow_symlinks))
     return config
 
 
@@ -82,6 +85,10 @@ exact_tokens_option = click.option(
     "--exact-tokens", is_flag=True,
     help="Size chunks by the provider's own token count (GigaChat /tokens/count, each distinct text asked once) "
          "instead of the offline bound.")
+follow_symlinks_option = click.option(
+    "--follow-symlinks/--no-follow-symlinks", default=None,
+    help="Read through symbolic links in the corpus, even ones pointing out of it (default: skipped and "
+         "counted; [sources] follow_symlinks).")
 
 
 DEADLINE_GRACE_S = 5.0  # after the deadline, the time a command has to stop cleanly (locks, temp files) before it is ended
@@ -165,7 +172,7 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="If --out holds an index of another model or chunker, build a separate one beside it "
                           "(OUT.<model>-<fingerprint>) instead of refusing."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
-        exact_tokens_option,
+        exact_tokens_option, follow_symlinks_option,
         click.option("--plan", "plan_only", is_flag=True,
                      help="Print chunks, tokens, requests, cache hits and the expected time; send nothing."),
         click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True),
@@ -178,11 +185,13 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
-               no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool, plan_only: bool,
-               latency_ms: float | None, progress: bool, as_json: bool) -> None:
+               no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool,
+               follow_symlinks: bool | None, plan_only: bool, latency_ms: float | None, progress: bool,
+               as_json: bool) -> None:
     from dataclasses import replace
 
-    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir, exact_tokens=exact_tokens)
+    config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir, exact_tokens=exact_tokens,
+                     follow_symlinks=follow_symlinks)
     if batch_size:
         config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
     if plan_only:
@@ -442,10 +451,12 @@ def models(config_path: Path | None, as_json: bool) -> None:
 @config_option
 @model_option
 @exact_tokens_option
+@follow_symlinks_option
 @json_option
-def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens: bool, as_json: bool) -> None:
+def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens: bool, follow_symlinks: bool | None,
+          as_json: bool) -> None:
     """Show the chunks of a file or folder as they would be sent to the model."""
-    config = _config(config_path, model=model, exact_tokens=exact_tokens)
+    config = _config(config_path, model=model, exact_tokens=exact_tokens, follow_symlinks=follow_symlinks)
     count = 0
     from . import api
 

@@ -136,6 +136,13 @@ def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
     return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
 
 
+def _documents(config: Config, corpus: Path, report: SourceReport | None,
+               describe: Describe | None = None) -> Iterator[Document]:
+    """The corpus walked with the config's [sources] rules (links, size limit)."""
+    return iter_documents(corpus, report, describe, follow_symlinks=config.sources.follow_symlinks,
+                          max_file_bytes=config.sources.max_file_bytes)
+
+
 def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress,
                  images: Images = no_images) -> Iterator[Chunk]:
     """Chunks of every document of a corpus, for the configured model."""
@@ -144,7 +151,7 @@ def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = Non
     counter = chunk_counter(config, spec)
     advance = progress("chunk", None)
     with images(config) as describe:
-        for doc in iter_documents(corpus, report, describe):
+        for doc in _documents(config, corpus, report, describe):
             yield from chunk_document(doc, settings, counter)
             advance(1)
 
@@ -337,7 +344,7 @@ def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool,
     with images(config) as describe, _aborted_on_error(stream):
         # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
         # the first requests leave with the first file instead of after the whole corpus is read.
-        to_chunk = diff_stream(iter_documents(config.corpus, sources, describe),
+        to_chunk = diff_stream(_documents(config, config.corpus, sources, describe),
                                ctx.manifest["documents"] if ctx.manifest else None, diff)
         missing = _missing_items(to_chunk, ctx.settings, ctx.counter, cache, new_chunks, todo,
                                  progress("chunk", None), chunked)
@@ -402,7 +409,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
                             "--new-index; planned as a fresh build")
         manifest = None
     sources = SourceReport()
-    diff = diff_corpus(iter_documents(config.corpus, sources), manifest["documents"] if manifest else None)
+    diff = diff_corpus(_documents(config, config.corpus, sources), manifest["documents"] if manifest else None)
     if sources.skipped:
         result.notes.append(f"skipped files (not planned): {dict(sources.skipped)}")
     chunks: list[Chunk] = []

@@ -3,7 +3,6 @@ model registry is found in a documented order: run config > $PIPELINE_REGISTRY >
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

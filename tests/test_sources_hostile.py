@@ -270,3 +270,14 @@ def test_images_that_cannot_be_read_are_skipped_and_counted(tmp_path: Path) -> N
     assert described == ["real.png", "vanishing.jpeg"]  # the describer never sees the fakes
     assert report.skipped == {"invalid image": 2, "image not described": 1, "unreadable": 1}
     assert "fake.png: skipped (invalid image: not a PNG file)" in report.warnings
+
+
+def test_the_cli_skips_links_out_of_the_corpus_unless_asked(linked: Path) -> None:
+    def chunked(*extra: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "pipeline", "chunk", str(linked), "--json", *extra],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "hunter2" not in chunked()
+    assert "hunter2" in chunked("--follow-symlinks")
