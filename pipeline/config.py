@@ -139,6 +139,9 @@ class SourcesConfig:
 
     follow_symlinks: bool = False  # env PIPELINE_FOLLOW_SYMLINKS; off: links are skipped and counted
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # TOML key max_file_size ("16MiB"); a text file, .jsonl line, image
+    # A run deleting more than this share of the live documents is refused (an unmounted share, a wrong
+    # path) unless --allow-shrink; an empty corpus never replaces a live index.
+    max_deleted_share: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Pure definitions; no I/O. Messages never contain credentials or tokens.
     PipelineError
     ├── ConfigError            bad config file, option or environment value
     ├── SourceError            corpus path missing or unreadable as a whole
+    │   └── ShrinkRefusedError the corpus lost too many documents (or all): not published
     ├── StoreError             Parquet vectors missing, corrupt or inconsistent
     ├── IndexBuildError        index cannot be built (e.g. over the memory budget)
     ├── ModelMismatchError     index and query model/fingerprint differ
@@ -41,6 +42,7 @@ __all__ = [
     "RequestTooLargeError",
     "RetryAfterTooLongError",
     "ServerError",
+    "ShrinkRefusedError",
     "SourceError",
     "StoreError",
 ]
@@ -58,6 +60,10 @@ class ConfigError(PipelineError):
 
 class SourceError(PipelineError):
     exit_code = 2
+
+
+class ShrinkRefusedError(SourceError):
+    """An unmounted share or a wrong path looks like a corpus that lost its documents: refused, not published."""
 
 
 class StoreError(PipelineError):

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
-from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError
+from .errors import ConfigError, LockHeldError, ModelMismatchError, ShrinkRefusedError, SourceError
 from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
@@ -50,13 +50,14 @@ from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_
 if TYPE_CHECKING:  # the index stage loads when a run builds one (faiss: 50 ms)
     from .index import IndexReport
 
-__all__ = ["EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus", "chunk_counter", "embed",
+__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus", "chunk_counter", "embed",
            "no_images", "no_progress", "plan", "reindex"]
 
 Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
 Describe = Callable[[Path, str], str]  # an image file and its doc id -> its description
 Images = Callable[[Config], contextlib.AbstractContextManager[Describe | None]]  # opens and closes a describer
-EXIT_PARTIAL = 3
+EXIT_PARTIAL = 3  # some documents failed; the rest is published
+EXIT_NOTHING_EMBEDDED = 1  # every batch failed (credentials, TLS, DNS, a dead server): a broken deployment
 EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
 
 
@@ -104,6 +105,8 @@ class EmbedReport:
 
     @property
     def exit_code(self) -> int:
+        if self.failed_chunks and not self.embedded:
+            return EXIT_NOTHING_EMBEDDED  # not "partial": it will fail the same way tomorrow
         return EXIT_PARTIAL if self.failed_chunks else 0
 
     def summary(self) -> str:
@@ -295,7 +298,8 @@ def _crash_point(name: str) -> None:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None, images: Images = no_images) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, images: Images = no_images,
+          allow_shrink: bool = False) -> EmbedReport:
     """Bring the output directory up to date with the corpus: incremental, locked, atomic.
 
     Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
@@ -304,7 +308,9 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     snapshot is published only when complete, so searches never see a half-built index.
     `provider`: one already made for config's model (providers.warmed_provider); the run owns and closes
     it, refused or not. Default: made and warmed here. `images` opens the corpus images' describer.
-    Raises ModelMismatchError when the live index has another model fingerprint (use new_index).
+    Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
+    ShrinkRefusedError when the corpus has no documents, or lost more than [sources] max_deleted_share of
+    the live ones, unless allow_shrink (the vectors embedded meanwhile stay in the cache).
     """
     started = time.perf_counter()
     owner = _OwnedProvider(provider)
@@ -318,13 +324,13 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
         with ctx.locked():
             if ctx.foreign():
                 raise ctx.mismatch()
-            return _update(ctx, owner, started, build, progress, images)
+            return _update(ctx, owner, started, build, progress, images, allow_shrink)
     finally:
         owner.close()
 
 
 def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool, progress: Progress,
-            images: Images) -> EmbedReport:
+            images: Images, allow_shrink: bool) -> EmbedReport:
     """The locked part of embed: diff, chunk and embed what is missing, write, index and publish."""
     config, out_dir = ctx.config, ctx.out_dir
     report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=str(out_dir))
@@ -353,6 +359,8 @@ def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool,
         if first is not None:
             stats = asyncio.run(_embed_missing(ctx, owner, itertools.chain([first], missing), cache, progress,
                                                stream.advance if stream else None))
+        if not allow_shrink:
+            _check_shrink(ctx, sources, diff)
     report.files, report.documents = sources.files, sources.documents
     report.skipped, report.warnings = dict(sources.skipped), sources.warnings
     report.diff = diff.counts()
@@ -388,6 +396,22 @@ def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool,
         history.write(json.dumps({k: v for k, v in asdict(report).items() if k not in ("warnings", "index")},
                                  ensure_ascii=False) + "\n")
     return report
+
+
+def _check_shrink(ctx: RunContext, sources: SourceReport, diff: CorpusDiff) -> None:
+    """Refuse a corpus with no documents, or one that lost too many of the live ones (see embed)."""
+    live = len(ctx.manifest["documents"]) if ctx.manifest else 0
+    deleted = diff.counts().get("deleted", 0)
+    corpus, share = ctx.config.corpus, ctx.config.sources.max_deleted_share
+    skipped = f" ({sources.skipped_total} files skipped)" if sources.skipped_total else ""
+    if not sources.documents:
+        what = f"would replace the live index of {live} documents" if live else "nothing to index"
+        raise ShrinkRefusedError(f"{corpus}: no documents{skipped}; {what} (is it mounted?). "
+                                 "--allow-shrink to publish it anyway")
+    if live and deleted / live > share:
+        raise ShrinkRefusedError(f"{corpus}: {deleted} of the {live} live documents are gone{skipped}, more than "
+                                 f"[sources] max_deleted_share {share:.0%} (is it all mounted?). "
+                                 "--allow-shrink to publish it anyway")
 
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
