@@ -28,6 +28,7 @@ from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError,
 from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
+from .providers.base import TokenCountingProvider
 from .records import Chunk, Document, Hit, ModelSpec
 from .sources import SourceReport, iter_documents
 from .store import (
@@ -47,7 +48,7 @@ from .store import (
 from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_for
 
 if TYPE_CHECKING:  # the search, ask, index and evaluation stages load with their verbs (faiss: 50 ms)
-    from .ask import Answer
+    from .answer.records import Answer
     from .evaluate import EvalReport
     from .filters import SearchFilter
     from .index import IndexReport
@@ -173,12 +174,11 @@ def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
     if not config.chunking.exact_tokens:
         return token_counter_for(spec)
     provider = embedding_provider(spec, config)
-    count_tokens = getattr(provider, "count_tokens", None)
-    if count_tokens is None:
+    if not isinstance(provider, TokenCountingProvider):
         raise ConfigError(f"--exact-tokens: the {spec.provider} provider of {spec.name} cannot count tokens")
 
     def count_many(texts: list[str]) -> list[int]:
-        return list(asyncio.run(count_tokens(texts)))
+        return list(asyncio.run(provider.count_tokens(texts)))
 
     return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
 
@@ -645,8 +645,8 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     """
     if not question.strip():
         raise ConfigError("QUESTION: empty question")
-    from .answer import chat_answer, chat_backend, resolve_chat_model
-    from .ask import extractive_answer
+    from .answer import chat_answer, extractive_answer, resolve_chat_model
+    from .providers import chat_model
 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
     searcher = _Searcher(config, model)
@@ -658,7 +658,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     def search_again(query: str) -> list[Hit]:
         return searcher.hits(query, searcher.embed([query], is_query=True)[0], k, filters, hybrid)
 
-    backend = chat_backend(chat_spec, config)
+    backend = chat_model(chat_spec, config)
     try:
         return chat_answer(question, hits, backend=backend, spec=chat_spec, settings=config.ask,
                            search=search_again, structured=structured, on_delta=on_delta, on_search=on_search)
