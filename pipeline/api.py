@@ -646,7 +646,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     if not question.strip():
         raise ConfigError("QUESTION: empty question")
     from .answer import chat_answer, extractive_answer, resolve_chat_model
-    from .providers import chat_model
+    from .providers import chat_model as open_chat_model
 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
     searcher = _Searcher(config, model)
@@ -658,7 +658,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     def search_again(query: str) -> list[Hit]:
         return searcher.hits(query, searcher.embed([query], is_query=True)[0], k, filters, hybrid)
 
-    backend = chat_model(chat_spec, config)
+    backend = open_chat_model(chat_spec, config)
     try:
         return chat_answer(question, hits, backend=backend, spec=chat_spec, settings=config.ask,
                            search=search_again, structured=structured, on_delta=on_delta, on_search=on_search)
