@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "api": ["EmbedPlan", "EmbedReport", "SearchResult", "ask", "build_index_for", "chunk_corpus", "embed",
             "evaluate", "list_models", "plan", "search"],
-    "ask": ["Answer", "Source"],
+    "answer": ["Answer", "Source"],
     "config": ["Config", "load_config"],
     "errors": ["AuthError", "BadRequestError", "BadResponseError", "ConfigError", "ContentRefusedError",
                "IndexBuildError", "LockHeldError", "ModelMismatchError", "NetworkError", "PipelineError",
@@ -46,6 +46,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .answer import Answer, Source  # noqa: F401
     from .api import (  # noqa: F401
         EmbedPlan,
         EmbedReport,
@@ -59,7 +60,6 @@ if TYPE_CHECKING:  # pragma: no cover
         plan,
         search,
     )
-    from .ask import Answer, Source  # noqa: F401
     from .config import Config, load_config  # noqa: F401
     from .errors import *  # noqa: F403
     from .records import Chunk, Document, Hit, ModelSpec  # noqa: F401

@@ -6,7 +6,6 @@ thin shell over these. Stages that load FAISS are imported inside their verbs, s
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,16 +18,17 @@ from .errors import ConfigError
 from .planning import EmbedPlan
 from .providers import EmbeddingProvider
 from .records import Chunk, Hit, ModelSpec
-from .run import EXIT_PARTIAL, Describe, EmbedReport, Progress, no_progress
+from .run import EXIT_NOTHING_EMBEDDED, EXIT_PARTIAL, EmbedReport, Progress, no_progress
 from .sources import SourceReport
 
 if TYPE_CHECKING:  # the search, ask, index and evaluation stages load with their verbs (faiss: 50 ms)
-    from .ask import Answer
+    from .answer.records import Answer
     from .evaluate import EvalReport
     from .filters import SearchFilter
     from .index import IndexReport
 
 __all__ = [
+    "EXIT_NOTHING_EMBEDDED",
     "EXIT_PARTIAL",
     "EmbedPlan",
     "EmbedReport",
@@ -53,28 +53,17 @@ class SearchResult:
     seconds: float
 
 
-@contextlib.contextmanager
-def _image_describer(config: Config) -> Iterator[Describe | None]:
-    """The [images] vision_model's describer for the corpus images, closed afterwards; None: images are skipped."""
-    from .images import image_describer
-
-    describer = image_describer(config)
-    try:
-        yield describer
-    finally:
-        if describer is not None:
-            describer.close()
-
-
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, allow_shrink: bool = False) -> EmbedReport:
     """Bring the output directory up to date with the corpus (see run.embed): incremental, locked, atomic.
 
     `provider`: one already made for config's model (providers.warmed_provider); embed closes it.
-    Raises ModelMismatchError when the live index has another model fingerprint (use new_index).
+    Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
+    ShrinkRefusedError when the corpus is empty or lost over [sources] max_deleted_share of the live
+    documents, unless allow_shrink.
     """
     return run.embed(config, build=build, new_index=new_index, progress=progress, provider=provider,
-                     images=_image_describer)
+                     allow_shrink=allow_shrink)
 
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
@@ -85,7 +74,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
 def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None,
                  progress: Progress = no_progress) -> Iterator[Chunk]:
     """Chunks of every document of a corpus, for the configured model."""
-    return run.chunk_corpus(config, corpus, report, progress, images=_image_describer)
+    return run.chunk_corpus(config, corpus, report, progress)
 
 
 def build_index_for(config: Config, progress: Progress = no_progress) -> IndexReport:
@@ -140,8 +129,8 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     """
     if not question.strip():
         raise ConfigError("QUESTION: empty question")
-    from .answer import chat_answer, chat_backend, resolve_chat_model
-    from .ask import extractive_answer
+    from .answer import chat_answer, extractive_answer, resolve_chat_model
+    from .providers import chat_model as open_chat_model
     from .search import Searcher
 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
@@ -154,7 +143,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     def search_again(query: str) -> list[Hit]:
         return searcher.hits(query, searcher.embed([query], is_query=True)[0], k, filters, hybrid)
 
-    backend = chat_backend(chat_spec, config)
+    backend = open_chat_model(chat_spec, config)
     try:
         return chat_answer(question, hits, backend=backend, spec=chat_spec, settings=config.ask,
                            search=search_again, structured=structured, on_delta=on_delta, on_search=on_search)

@@ -173,6 +173,9 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(OUT.<model>-<fingerprint>) instead of refusing."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
         exact_tokens_option, follow_symlinks_option,
+        click.option("--allow-shrink", is_flag=True,
+                     help="Publish even when the corpus is empty or lost more than [sources] max_deleted_share "
+                          "(default 50%) of the live documents; without it such a run is refused (exit 2)."),
         click.option("--plan", "plan_only", is_flag=True,
                      help="Print chunks, tokens, requests, cache hits and the expected time; send nothing."),
         click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True),
@@ -186,7 +189,7 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
                no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool,
-               follow_symlinks: bool | None, plan_only: bool, latency_ms: float | None, progress: bool,
+               follow_symlinks: bool | None, allow_shrink: bool, plan_only: bool, latency_ms: float | None, progress: bool,
                as_json: bool) -> None:
     from dataclasses import replace
 
@@ -212,7 +215,7 @@ def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None,
     from . import api
 
     report = api.embed(config, build=not no_index, new_index=new_index,
-                       progress=_progress_bars(progress and not as_json), provider=provider)
+                       progress=_progress_bars(progress and not as_json), provider=provider, allow_shrink=allow_shrink)
     if as_json:
         _print_json(asdict(report))
     else:
@@ -223,6 +226,9 @@ def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None,
             click.echo(f"index: {ix['factory']} over {ix['vectors']} vectors, recall@10 {ix['recall_at_10']:.3f}, "
                        f"p50 {ix['latency_p50_ms']:.2f} ms -> {report.out_dir}", err=True)
         click.echo(report.summary())
+    if report.exit_code == api.EXIT_NOTHING_EMBEDDED:
+        click.echo(f"error: nothing could be embedded ({report.failed_chunks} chunks failed): "
+                   f"{report.failure_reasons[0] if report.failure_reasons else 'see the run report'}", err=True)
     sys.exit(report.exit_code)
 
 
@@ -244,7 +250,9 @@ def reindex(**options: Any) -> None:
 
     For cron or systemd timers: deleted documents drop out, unchanged ones cost a hash. Exit codes:
     0 done, 3 some documents failed (they keep their previous version and are retried next run),
-    75 another run holds the lock, 2 bad input. The JSON run report is OUT/run-report.json.
+    1 nothing could be embedded (credentials, TLS, DNS, a dead server), 2 bad input or a corpus that
+    lost too much (see --allow-shrink), 75 another run holds the lock, 124 past --deadline.
+    The JSON run report is OUT/run-report.json.
 
     \b
     crontab:  */30 * * * *  cd /srv/pipeline && .venv/bin/pipeline reindex data/ --no-progress

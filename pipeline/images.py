@@ -11,10 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .answer.backends import ChatBackend, chat_backend
 from .config import Config
 from .errors import ConfigError, ContentRefusedError
-from .providers import provider_endpoint
+from .providers import chat_model, check_credentials, provider_endpoint
+from .providers.chat import ChatModel
 from .records import ModelSpec
 
 __all__ = ["DESCRIBE_PROMPT", "ImageDescriber", "image_describer"]
@@ -35,7 +35,7 @@ class ImageDescriber:
         self.spec = spec
         self.config = config
         self.described = 0  # calls made to the vision model (cache hits excluded)
-        self._backend: ChatBackend | None = None
+        self._backend: ChatModel | None = None
         self._dir = config.cache_dir / "image-descriptions"
         self._salt = f"{spec.provider}|{provider_endpoint(spec, config)}|{spec.name}|{DESCRIBE_PROMPT}"
 
@@ -51,7 +51,7 @@ class ImageDescriber:
         except OSError:
             pass
         if self._backend is None:
-            self._backend = chat_backend(self.spec, self.config)
+            self._backend = chat_model(self.spec, self.config)
         reply = self._backend.describe_image(DESCRIBE_PROMPT, path)
         self.described += 1
         if reply.finish_reason == "blacklist":
@@ -92,7 +92,6 @@ def image_describer(config: Config) -> ImageDescriber | None:
         vision = ", ".join(sorted(n for n, s in config.registry.items() if s.kind == "chat" and s.vision))
         raise ConfigError(f"[images] vision_model: {name!r} is not a chat model that takes images; use one of: "
                           f"{vision}")
-    if spec.provider == "gigachat" and not config.gigachat.has_auth:
-        raise ConfigError(f"[images] vision_model {name} needs GigaChat credentials: set GIGACHAT_CREDENTIALS, "
-                          "or leave vision_model empty to skip images")
+    check_credentials(spec, config, what="[images] vision_model",
+                      alternative="leave vision_model empty to skip images")
     return ImageDescriber(spec, config)

@@ -1,7 +1,7 @@
 """Run: bring an output directory up to date with a corpus (embed, reindex), or say what that would send (plan).
 
 Joins sources -> chunking -> embedding -> store -> index around one RunContext; never searches or answers.
-The run's event loop lives here; corpus images are described by a describer its caller supplies.
+The run's event loop lives here; corpus images are described by the [images] vision model, if one is set.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .errors import ConfigError, LockHeldError, ModelMismatchError, ShrinkRefuse
 from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
+from .providers.base import TokenCountingProvider
 from .records import Chunk, Document, ModelSpec
 from .sources import SourceReport, iter_documents
 from .store import (
@@ -50,12 +51,11 @@ from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_
 if TYPE_CHECKING:  # the index stage loads when a run builds one (faiss: 50 ms)
     from .index import IndexReport
 
-__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus", "chunk_counter", "embed",
-           "no_images", "no_progress", "plan", "reindex"]
+__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus",
+           "chunk_counter", "embed", "no_progress", "plan", "reindex"]
 
 Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
 Describe = Callable[[Path, str], str]  # an image file and its doc id -> its description
-Images = Callable[[Config], contextlib.AbstractContextManager[Describe | None]]  # opens and closes a describer
 EXIT_PARTIAL = 3  # some documents failed; the rest is published
 EXIT_NOTHING_EMBEDDED = 1  # every batch failed (credentials, TLS, DNS, a dead server): a broken deployment
 EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
@@ -66,9 +66,16 @@ def no_progress(label: str, total: int | None) -> Callable[[int], None]:
 
 
 @contextlib.contextmanager
-def no_images(config: Config) -> Iterator[Describe | None]:
-    """No describer: the corpus images are skipped."""
-    yield None
+def _describer(config: Config) -> Iterator[Describe | None]:
+    """The [images] vision_model's describer for the corpus images, closed afterwards; None: images are skipped."""
+    from .images import image_describer
+
+    describer = image_describer(config)
+    try:
+        yield describer
+    finally:
+        if describer is not None:
+            describer.close()
 
 
 @dataclass
@@ -129,12 +136,11 @@ def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
     if not config.chunking.exact_tokens:
         return token_counter_for(spec)
     provider = embedding_provider(spec, config)
-    count_tokens = getattr(provider, "count_tokens", None)
-    if count_tokens is None:
+    if not isinstance(provider, TokenCountingProvider):
         raise ConfigError(f"--exact-tokens: the {spec.provider} provider of {spec.name} cannot count tokens")
 
     def count_many(texts: list[str]) -> list[int]:
-        return list(asyncio.run(count_tokens(texts)))
+        return list(asyncio.run(provider.count_tokens(texts)))
 
     return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
 
@@ -146,14 +152,14 @@ def _documents(config: Config, corpus: Path, report: SourceReport | None,
                           max_file_bytes=config.sources.max_file_bytes)
 
 
-def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress,
-                 images: Images = no_images) -> Iterator[Chunk]:
+def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress
+                 ) -> Iterator[Chunk]:
     """Chunks of every document of a corpus, for the configured model."""
     spec = config.model_spec()
     settings = ChunkSettings.for_model(spec, config.chunking)
     counter = chunk_counter(config, spec)
     advance = progress("chunk", None)
-    with images(config) as describe:
+    with _describer(config) as describe:
         for doc in _documents(config, corpus, report, describe):
             yield from chunk_document(doc, settings, counter)
             advance(1)
@@ -298,8 +304,7 @@ def _crash_point(name: str) -> None:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None, images: Images = no_images,
-          allow_shrink: bool = False) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, allow_shrink: bool = False) -> EmbedReport:
     """Bring the output directory up to date with the corpus: incremental, locked, atomic.
 
     Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
@@ -307,7 +312,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     embedding failed keeps its previous version, is listed, and is redone by the next run. The new
     snapshot is published only when complete, so searches never see a half-built index.
     `provider`: one already made for config's model (providers.warmed_provider); the run owns and closes
-    it, refused or not. Default: made and warmed here. `images` opens the corpus images' describer.
+    it, refused or not. Default: made and warmed here.
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
     ShrinkRefusedError when the corpus has no documents, or lost more than [sources] max_deleted_share of
     the live ones, unless allow_shrink (the vectors embedded meanwhile stay in the cache).
@@ -324,13 +329,13 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
         with ctx.locked():
             if ctx.foreign():
                 raise ctx.mismatch()
-            return _update(ctx, owner, started, build, progress, images, allow_shrink)
+            return _update(ctx, owner, started, build, progress, allow_shrink)
     finally:
         owner.close()
 
 
 def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool, progress: Progress,
-            images: Images, allow_shrink: bool) -> EmbedReport:
+            allow_shrink: bool) -> EmbedReport:
     """The locked part of embed: diff, chunk and embed what is missing, write, index and publish."""
     config, out_dir = ctx.config, ctx.out_dir
     report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=str(out_dir))
@@ -347,7 +352,7 @@ def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool,
     snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
     # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
     stream = SnapshotStream(snap, new_chunks, cache, meta) if ctx.previous is None else None
-    with images(config) as describe, _aborted_on_error(stream):
+    with _describer(config) as describe, _aborted_on_error(stream):
         # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
         # the first requests leave with the first file instead of after the whole corpus is read.
         to_chunk = diff_stream(_documents(config, config.corpus, sources, describe),

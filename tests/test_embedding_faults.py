@@ -167,7 +167,7 @@ def test_wrong_dimension_fails_fast_then_a_fixed_run_completes(corpus: Path, tmp
         bad = replace(good, registry={**good.registry, MODEL: bad_spec}, out_dir=tmp_path / "out-bad")
         report = _embed(bad)
         sent_bad = emu.stats()["requests"]
-        assert report.exit_code == 3 and report.failed_chunks == 240 and report.vectors == 0
+        assert report.exit_code == 1 and report.failed_chunks == 240 and report.vectors == 0  # nothing embedded: an error, not "partial" (issue 17)
         assert any("768" in reason for reason in report.failure_reasons)
         assert sent_bad < 80  # stopped after a few failed batches instead of trying all 30 six times
         fixed = _embed(good)

@@ -1,11 +1,13 @@
-"""Answer: the chat path of `ask`: prompt fitting, chat backends (GigaChat, OpenAI-compatible), the answer loop.
+"""Answer: from retrieved Hits to an Answer with checked [n] citations, extractive (offline) or from a chat model.
 
-Sync, with no event loop; api.ask is its caller. Offline (no chat model) only resolve_chat_model runs.
+Sync, with no event loop; api.ask is its caller. Chat models come from providers.chat_model.
 """
 
 from __future__ import annotations
 
-from .backends import AUTO_CHAT_MODEL, ChatBackend, chat_backend, resolve_chat_model
-from .chat import chat_answer
+from .chat import AUTO_CHAT_MODEL, chat_answer, resolve_chat_model
+from .extractive import extractive_answer
+from .records import Answer, Citation, Source
 
-__all__ = ["AUTO_CHAT_MODEL", "ChatBackend", "chat_answer", "chat_backend", "resolve_chat_model"]
+__all__ = ["AUTO_CHAT_MODEL", "Answer", "Citation", "Source", "chat_answer", "extractive_answer",
+           "resolve_chat_model"]

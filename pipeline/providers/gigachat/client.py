@@ -1,6 +1,6 @@
-"""GigaChat clients: thin, parallel sync (GigaChatClient) and async (AsyncGigaChatClient) shells over _wire.
+"""GigaChat clients: thin, parallel sync (GigaChatClient) and async (AsyncGigaChatClient) shells over the wire.
 
-The only network I/O of the package; map_httpx_error is the one place httpx errors become ours.
+The only network I/O of the package; httpx errors and statuses become ours in providers.http.
 """
 
 from __future__ import annotations
@@ -18,27 +18,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import certifi
 import httpx
 import numpy as np
 
 from ...config import GigaChatSettings
-from ...errors import BadResponseError, ConfigError, NetworkError, ProviderError
+from ...errors import BadResponseError, ConfigError, ProviderError
+from .. import http
+from ..chat import ChatDelta, ChatReply
 from ..embeddings_json import LARGE_BODY_BYTES
-from . import _wire
-from ._wire import (
-    ApiRequest,
-    ChatDelta,
-    ChatPlan,
-    ChatRequest,
-    ChatResponse,
-    EmbeddingsResult,
-    Image,
-    ModelInfo,
-)
+from . import _chat_wire, _wire
+from ._chat_wire import ChatPlan, ChatRequest, Image
+from ._wire import ApiRequest, EmbeddingsResult, ModelInfo
 from .auth import DEFAULT_EXPIRY_BUFFER_MS, Token, TokenManager, TokenRequest
 
-__all__ = ["AsyncGigaChatClient", "GigaChatClient", "map_httpx_error", "ssl_context"]
+__all__ = ["AsyncGigaChatClient", "GigaChatClient", "ssl_context"]
 
 log = logging.getLogger("pipeline.gigachat")
 _WARNED_INSECURE: set[str] = set()
@@ -59,13 +52,8 @@ def ssl_context(settings: GigaChatSettings) -> ssl.SSLContext:
 
     Raises ConfigError when the CA bundle or client certificate cannot be loaded.
     """
-    if settings.ca_bundle_file:
-        try:
-            ctx = ssl.create_default_context(cafile=settings.ca_bundle_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"GIGACHAT_CA_BUNDLE_FILE {settings.ca_bundle_file}: cannot load it: {e}") from None
-    elif settings.verify_ssl_certs:
-        ctx = ssl.create_default_context(cafile=certifi.where())
+    if settings.ca_bundle_file or settings.verify_ssl_certs:
+        ctx = http.tls_context(settings.ca_bundle_file, label="GIGACHAT_CA_BUNDLE_FILE")
     else:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -85,29 +73,8 @@ def ssl_context(settings: GigaChatSettings) -> ssl.SSLContext:
     return ctx
 
 
-def map_httpx_error(exc: httpx.HTTPError, endpoint: str, timeout_s: float) -> ProviderError:
-    """The one translation of httpx failures: timeouts and transport errors are retryable NetworkErrors."""
-    kw: dict[str, Any] = {"provider": _wire.PROVIDER, "endpoint": endpoint}
-    if isinstance(exc, httpx.TimeoutException):
-        return NetworkError(f"no answer within {timeout_s:g} s ({type(exc).__name__})", **kw)
-    text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc.__context__, ssl.SSLCertVerificationError):
-        return NetworkError(f"TLS certificate verification failed ({text}); set GIGACHAT_CA_BUNDLE_FILE to a "
-                            "bundle holding the Russian Trusted Root CA", retryable=False, **kw)
-    if isinstance(exc, httpx.DecodingError):
-        return BadResponseError(f"undecodable body: {text}", **kw)
-    if isinstance(exc, httpx.TransportError):
-        return NetworkError(f"{type(exc).__name__}: {text}", **kw)
-    return ProviderError(f"{type(exc).__name__}: {text}", retryable=False, **kw)
-
-
-def _stream_error(exc: httpx.HTTPError, endpoint: str, timeout_s: float) -> ProviderError:
-    """A failure while reading SSE: a cut connection reads as a stream that ended before completion."""
-    err = map_httpx_error(exc, endpoint, timeout_s)
-    if isinstance(err, NetworkError) and not isinstance(exc, httpx.TimeoutException):
-        return NetworkError(f"stream ended before completion ({err.server_message})", provider=_wire.PROVIDER,
-                            endpoint=endpoint)
-    return err
+def _httpx_error(exc: httpx.HTTPError, endpoint: str, timeout_s: float) -> ProviderError:
+    return http.map_httpx_error(exc, endpoint, timeout_s, provider=_wire.PROVIDER, ca_hint=_wire.CA_HINT)
 
 
 class _ClientCore:
@@ -122,8 +89,7 @@ class _ClientCore:
         self._chat_model = settings.chat_model or _wire.DEFAULT_CHAT_MODEL
         self._ssl = ssl_context(settings)
         self._timeout = httpx.Timeout(settings.timeout_s)
-        n = settings.max_connections or 100
-        self._limits = httpx.Limits(max_connections=n, max_keepalive_connections=min(n, 20))
+        self._max_connections = settings.max_connections or 100
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(base_url={self._base!r}, auth={self.auth.mode!r}, "
@@ -149,28 +115,28 @@ class _ClientCore:
     def _check(self, req: ApiRequest, raw: _wire.RawResponse) -> _wire.RawResponse:
         if 200 <= raw.status < 300:
             return raw
-        raise _wire.error_for_status(raw.status, self.auth.scrub(raw.body), req.path,
-                                     retry_after=raw.retry_after, now=time.time())
+        raise http.error_for_status(raw.status, self.auth.scrub(raw.body), req.path, provider=_wire.PROVIDER,
+                                    retry_after=raw.retry_after, now=time.time())
 
     def _check_stream_type(self, req: ApiRequest, content_type: str) -> None:
         if not content_type.startswith("text/event-stream"):
             raise _wire.bad_response(req.path, f"expected text/event-stream, got {content_type or 'no content type'!r}")
 
-    def _as_request(self, request: ChatRequest | Sequence[_wire.MessageLike], opts: Mapping[str, Any]) -> ChatRequest:
+    def _as_request(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], opts: Mapping[str, Any]) -> ChatRequest:
         req = replace(request, **opts) if isinstance(request, ChatRequest) else ChatRequest(list(request), **opts)
         if self._session_id and not req.session_id:
             req = replace(req, session_id=self._session_id)
         return req
 
-    def _plan(self, request: ChatRequest | Sequence[_wire.MessageLike], opts: Mapping[str, Any]) -> ChatPlan:
-        return _wire.plan_chat(self._as_request(request, opts), default_model=self._chat_model)
+    def _plan(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], opts: Mapping[str, Any]) -> ChatPlan:
+        return _chat_wire.plan_chat(self._as_request(request, opts), default_model=self._chat_model)
 
-    def _structured(self, messages: ChatRequest | Sequence[_wire.MessageLike], schema: Mapping[str, Any],
+    def _structured(self, messages: ChatRequest | Sequence[_chat_wire.MessageLike], schema: Mapping[str, Any],
                     name: str, model: str, opts: Mapping[str, Any]) -> ChatPlan:
         req = self._as_request(messages, {**opts, "model": model} if model else opts)
-        fn = _wire.structured_function(schema, name)
+        fn = _chat_wire.structured_function(schema, name)
         req = replace(req, functions=[*(req.functions or ()), fn], function_call={"name": name})
-        return _wire.plan_chat(req, default_model=self._chat_model)
+        return _chat_wire.plan_chat(req, default_model=self._chat_model)
 
     @staticmethod
     def _read_local(image: Image, label: str) -> bytes:
@@ -178,7 +144,7 @@ class _ClientCore:
             return image.data
         assert image.path is not None
         try:
-            _wire.check_image_size(os.stat(image.path).st_size, label)
+            _chat_wire.check_image_size(os.stat(image.path).st_size, label)
             return Path(image.path).read_bytes()
         except OSError as e:
             raise _wire.bad_request(f"{label}: cannot read image {image.path}: {e.strerror}") from None
@@ -193,7 +159,7 @@ class _ClientCore:
             except OSError as e:
                 raise _wire.bad_request(f"cannot read {os.fspath(file)}: {e.strerror}", "/files") from None
         if not mime:
-            mime = _wire.sniff_image_mime(data) or mimetypes.guess_type(name or "")[0] or ""
+            mime = _chat_wire.sniff_image_mime(data) or mimetypes.guess_type(name or "")[0] or ""
         return data, name or "file", mime or "application/octet-stream"
 
 
@@ -206,7 +172,7 @@ class GigaChatClient(_ClientCore):
 
     def __init__(self, settings: GigaChatSettings, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self._http = httpx.Client(verify=self._ssl, timeout=self._timeout, limits=self._limits)
+        self._http = http.sync_client(self._ssl, self.settings.timeout_s, max_connections=self._max_connections)
 
     def __enter__(self) -> GigaChatClient:
         return self
@@ -224,7 +190,7 @@ class GigaChatClient(_ClientCore):
         try:
             resp = self._http.post(treq.url, headers=dict(treq.headers), data=treq.form)
         except httpx.HTTPError as e:
-            raise map_httpx_error(e, treq.endpoint, self.settings.timeout_s) from None
+            raise _httpx_error(e, treq.endpoint, self.settings.timeout_s) from None
         return self._raw("POST", treq.endpoint, resp, t0)
 
     def _send(self, req: ApiRequest) -> _wire.RawResponse:
@@ -235,7 +201,7 @@ class GigaChatClient(_ClientCore):
             try:
                 resp = self._http.request(**self._httpx_args(req, token))
             except httpx.HTTPError as e:
-                raise map_httpx_error(e, req.path, self.settings.timeout_s) from None
+                raise _httpx_error(e, req.path, self.settings.timeout_s) from None
             raw = self._raw(req.method, req.path, resp, t0)
             if raw.status == 401 and attempt == 1:
                 log.info("%s: token refused (401); refreshing once", req.path)
@@ -259,7 +225,7 @@ class GigaChatClient(_ClientCore):
                     resp.close()
                     self._check(req, self._raw(req.method, req.path, resp, t0))
             except httpx.HTTPError as e:
-                raise map_httpx_error(e, req.path, self.settings.timeout_s) from None
+                raise _httpx_error(e, req.path, self.settings.timeout_s) from None
             log.debug("%s %s -> %d (stream opened) in %.1f ms", req.method, req.path, resp.status_code,
                       (time.perf_counter() - t0) * 1e3)
             try:
@@ -275,7 +241,7 @@ class GigaChatClient(_ClientCore):
         for i, image in plan.images:
             label = f"message {i}"
             data = self._fetch_url(image, label) if image.url else self._read_local(image, label)
-            files.append((data, *_wire.image_file(image, data, label)))
+            files.append((data, *_chat_wire.image_file(image, data, label)))
         return [self.upload_file(data, name, mime) for data, name, mime in files]
 
     def _fetch_url(self, image: Image, label: str) -> bytes:
@@ -315,19 +281,19 @@ class GigaChatClient(_ClientCore):
         data, name, mime = self._file_args(file, filename, mime)
         return _wire.parse_file_id(self._send(_wire.upload_request(data, name, mime, purpose)).body)
 
-    def chat(self, request: ChatRequest | Sequence[_wire.MessageLike], **opts: Any) -> ChatResponse:
+    def chat(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], **opts: Any) -> ChatReply:
         """One completion. Images are uploaded first; bad input raises BadRequestError before any call."""
         plan = self._plan(request, opts)
-        return _wire.parse_chat(self._send(plan.build(self._upload_images(plan))).body)
+        return _chat_wire.parse_chat(self._send(plan.build(self._upload_images(plan))).body)
 
-    def stream(self, request: ChatRequest | Sequence[_wire.MessageLike], **opts: Any) -> Iterator[ChatDelta]:
+    def stream(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], **opts: Any) -> Iterator[ChatDelta]:
         """SSE deltas; validation happens at the call, the request at the first next()."""
         return self._iter_stream(self._plan(request, opts))
 
     def _iter_stream(self, plan: ChatPlan) -> Iterator[ChatDelta]:
         req = plan.build(self._upload_images(plan), stream=True)
         resp = self._open_stream(req)
-        decoder = _wire.SSEDecoder(req.path)
+        decoder = _chat_wire.SSEDecoder(req.path)
         try:
             for line in resp.iter_lines():
                 delta = decoder.feed(line)
@@ -336,17 +302,18 @@ class GigaChatClient(_ClientCore):
                 if decoder.done:
                     break
         except httpx.HTTPError as e:
-            raise _stream_error(e, req.path, self.settings.timeout_s) from None
+            raise http.stream_error(e, req.path, self.settings.timeout_s, provider=_wire.PROVIDER,
+                                    ca_hint=_wire.CA_HINT) from None
         finally:
             resp.close()
         decoder.close()
 
-    def chat_structured(self, messages: ChatRequest | Sequence[_wire.MessageLike], schema: Mapping[str, Any],
+    def chat_structured(self, messages: ChatRequest | Sequence[_chat_wire.MessageLike], schema: Mapping[str, Any],
                         name: str = "structured_output", model: str = "", **opts: Any) -> dict[str, Any]:
         """A dict matching `schema`, through a forced function call (litellm's emulation)."""
         plan = self._structured(messages, schema, name, model, opts)
-        response = _wire.parse_chat(self._send(plan.build(self._upload_images(plan))).body)
-        return _wire.structured_result(response, schema, name)
+        response = _chat_wire.parse_chat(self._send(plan.build(self._upload_images(plan))).body)
+        return _chat_wire.structured_result(response, schema, name)
 
 
 class AsyncGigaChatClient(_ClientCore):
@@ -354,7 +321,7 @@ class AsyncGigaChatClient(_ClientCore):
 
     def __init__(self, settings: GigaChatSettings, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self._http = httpx.AsyncClient(verify=self._ssl, timeout=self._timeout, limits=self._limits)
+        self._http = http.async_client(self._ssl, self.settings.timeout_s, max_connections=self._max_connections)
 
     async def __aenter__(self) -> AsyncGigaChatClient:
         return self
@@ -372,7 +339,7 @@ class AsyncGigaChatClient(_ClientCore):
         try:
             resp = await self._http.post(treq.url, headers=dict(treq.headers), data=treq.form)
         except httpx.HTTPError as e:
-            raise map_httpx_error(e, treq.endpoint, self.settings.timeout_s) from None
+            raise _httpx_error(e, treq.endpoint, self.settings.timeout_s) from None
         return self._raw("POST", treq.endpoint, resp, t0)
 
     async def _send(self, req: ApiRequest) -> _wire.RawResponse:
@@ -383,7 +350,7 @@ class AsyncGigaChatClient(_ClientCore):
             try:
                 resp = await self._http.request(**self._httpx_args(req, token))
             except httpx.HTTPError as e:
-                raise map_httpx_error(e, req.path, self.settings.timeout_s) from None
+                raise _httpx_error(e, req.path, self.settings.timeout_s) from None
             raw = self._raw(req.method, req.path, resp, t0)
             if raw.status == 401 and attempt == 1:
                 log.info("%s: token refused (401); refreshing once", req.path)
@@ -407,7 +374,7 @@ class AsyncGigaChatClient(_ClientCore):
                     await resp.aclose()
                     self._check(req, self._raw(req.method, req.path, resp, t0))
             except httpx.HTTPError as e:
-                raise map_httpx_error(e, req.path, self.settings.timeout_s) from None
+                raise _httpx_error(e, req.path, self.settings.timeout_s) from None
             log.debug("%s %s -> %d (stream opened) in %.1f ms", req.method, req.path, resp.status_code,
                       (time.perf_counter() - t0) * 1e3)
             try:
@@ -426,7 +393,7 @@ class AsyncGigaChatClient(_ClientCore):
                 data = await self._fetch_url(image, label)
             else:
                 data = await asyncio.to_thread(self._read_local, image, label)
-            files.append((data, *_wire.image_file(image, data, label)))
+            files.append((data, *_chat_wire.image_file(image, data, label)))
         return [await self.upload_file(data, name, mime) for data, name, mime in files]
 
     async def _fetch_url(self, image: Image, label: str) -> bytes:
@@ -478,13 +445,13 @@ class AsyncGigaChatClient(_ClientCore):
         data, name, mime = await asyncio.to_thread(self._file_args, file, filename, mime)
         return _wire.parse_file_id((await self._send(_wire.upload_request(data, name, mime, purpose))).body)
 
-    async def chat(self, request: ChatRequest | Sequence[_wire.MessageLike], **opts: Any) -> ChatResponse:
+    async def chat(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], **opts: Any) -> ChatReply:
         """One completion. Images are uploaded first; bad input raises BadRequestError before any call."""
         plan = self._plan(request, opts)
         req = plan.build(await self._upload_images(plan))
-        return _wire.parse_chat((await self._send(req)).body)
+        return _chat_wire.parse_chat((await self._send(req)).body)
 
-    def stream(self, request: ChatRequest | Sequence[_wire.MessageLike], **opts: Any) -> AsyncIterator[ChatDelta]:
+    def stream(self, request: ChatRequest | Sequence[_chat_wire.MessageLike], **opts: Any) -> AsyncIterator[ChatDelta]:
         """SSE deltas (`async for`); validation happens at the call, the request at the first step."""
         return self._iter_stream(self._plan(request, opts))
 
@@ -493,7 +460,7 @@ class AsyncGigaChatClient(_ClientCore):
     async def _iter_stream(self, plan: ChatPlan) -> AsyncIterator[ChatDelta]:
         req = plan.build(await self._upload_images(plan), stream=True)
         resp = await self._open_stream(req)
-        decoder = _wire.SSEDecoder(req.path)
+        decoder = _chat_wire.SSEDecoder(req.path)
         try:
             async for line in resp.aiter_lines():
                 delta = decoder.feed(line)
@@ -502,16 +469,17 @@ class AsyncGigaChatClient(_ClientCore):
                 if decoder.done:
                     break
         except httpx.HTTPError as e:
-            raise _stream_error(e, req.path, self.settings.timeout_s) from None
+            raise http.stream_error(e, req.path, self.settings.timeout_s, provider=_wire.PROVIDER,
+                                    ca_hint=_wire.CA_HINT) from None
         finally:
             await resp.aclose()
         decoder.close()
 
-    async def chat_structured(self, messages: ChatRequest | Sequence[_wire.MessageLike],
+    async def chat_structured(self, messages: ChatRequest | Sequence[_chat_wire.MessageLike],
                               schema: Mapping[str, Any], name: str = "structured_output", model: str = "",
                               **opts: Any) -> dict[str, Any]:
         """A dict matching `schema`, through a forced function call (litellm's emulation)."""
         plan = self._structured(messages, schema, name, model, opts)
         req = plan.build(await self._upload_images(plan))
-        response = _wire.parse_chat((await self._send(req)).body)
-        return _wire.structured_result(response, schema, name)
+        response = _chat_wire.parse_chat((await self._send(req)).body)
+        return _chat_wire.structured_result(response, schema, name)

@@ -1,4 +1,4 @@
-"""GigaChat embedding provider: the EmbeddingProvider the embedder and search use for GigaChat models.
+"""GigaChat provider: the EmbeddingProvider for GigaChat embedding models, the ChatModel for its chat models.
 
 Applies the model's instructions and checks shapes; batching, retries and rate limits stay in pipeline.embedding.
 """
@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...config import GigaChatSettings
 from ...records import ModelSpec
+from ..chat import ChatDelta, ChatReply
 from . import _wire
+from ._chat_wire import Image, Message
 from .auth import DEFAULT_EXPIRY_BUFFER_MS, TokenManager
 from .client import USER_AGENT, AsyncGigaChatClient, GigaChatClient
 
-__all__ = ["GigaChatEmbeddingProvider"]
+__all__ = ["GigaChatChatModel", "GigaChatEmbeddingProvider"]
 
 
 class GigaChatEmbeddingProvider:
@@ -114,3 +118,37 @@ class GigaChatEmbeddingProvider:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _opts(opts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+class GigaChatChatModel:
+    """ChatModel over GigaChatClient (sync). Structured output is a forced function call, as litellm emulates it."""
+
+    def __init__(self, spec: ModelSpec, settings: GigaChatSettings) -> None:
+        self.model = spec.name
+        self._client = GigaChatClient(settings)
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> Iterator[ChatDelta]:
+        return self._client.stream(list(messages), model=self.model, **_opts(opts))
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatReply:
+        return self._client.chat(list(messages), model=self.model, **_opts(opts))
+
+    def structured(self, messages: Sequence[Mapping[str, Any]], schema: Mapping[str, Any], name: str,
+                   **opts: Any) -> tuple[dict[str, Any] | None, ChatReply]:
+        # chat_structured() returns only the arguments; chat() with the same forced call keeps finish_reason,
+        # so a refusal (blacklist) or a cut (length) can be told from a malformed reply.
+        fn = {"name": name, "description": f"Output structured response: {name}", "parameters": dict(schema)}
+        reply = self.chat(messages, functions=[fn], function_call={"name": name}, **opts)
+        fc = reply.function_call
+        return (fc.arguments if fc is not None and fc.name == name else None), reply
+
+    def describe_image(self, prompt: str, path: Path) -> ChatReply:
+        return self._client.chat([Message(role="user", content=prompt, images=[Image(path=str(path))])],
+                                 model=self.model)
+
+    def close(self) -> None:
+        self._client.close()

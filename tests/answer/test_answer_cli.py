@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ask_chat import build_index
+from test_answer_chat import build_index
 
 from pipeline.emulator import EmulatorProfile, start_emulator
 

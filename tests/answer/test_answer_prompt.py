@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.answer.extractive import finish_answer
 from pipeline.answer.prompt import (
     SEARCH_FUNCTION,
     Budget,
@@ -12,7 +13,7 @@ from pipeline.answer.prompt import (
     overhead_cost,
     search_result,
 )
-from pipeline.ask import Answer, Source, finish_answer
+from pipeline.answer.records import Answer, Source
 from pipeline.records import Hit
 
 

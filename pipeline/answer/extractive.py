@@ -1,66 +1,25 @@
-"""Ask: from retrieved Hits to an Answer whose [n] citations point at the sources it was given.
+"""Extractive answer: the hits' sentences nearest the question, cited [n], checked as every Answer is.
 
-The records (Answer, Source, Citation), the citation check, and the offline extractive answer; the chat
-path (prompt, function calls, streaming) is pipeline.answer, which fills the same Answer.
+Sync and offline; the caller supplies the passage embedder. The chat answer (chat.py) reuses finish_answer.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .records import Hit
+from ..records import Hit
+from .records import Answer, Citation, Source
 
-__all__ = ["Answer", "Citation", "Source", "check_citations", "extractive_answer", "finish_answer", "sources_of",
-           "split_sentences"]
+__all__ = ["check_citations", "extractive_answer", "finish_answer", "sources_of", "split_sentences"]
 
 # A sentence ends at . ! ? … (optionally closed by quotes or brackets) followed by whitespace, or at a
 # blank line; headings and list items end at their line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»”)\]]*\s+|\n\s*\n|\n(?=\s*(?:[#*\-•]|\d+\.)\s)")
 _CITATION = re.compile(r"\[(\d+)\]")
 MAX_SENTENCES = 60
-
-
-@dataclass(frozen=True)
-class Source:
-    n: int
-    chunk_id: str
-    source_path: str
-    char_start: int
-    char_end: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A cited source as --json reports it: its number, chunk id and character range in the document."""
-
-    n: int
-    chunk_id: str
-    source_path: str
-    char_start: int
-    char_end: int
-
-
-@dataclass
-class Answer:
-    question: str
-    text: str
-    sources: list[Source]
-    cited: list[int] = field(default_factory=list)
-    unknown_citations: list[int] = field(default_factory=list)
-    grounded: bool = True  # False when the answer cites nothing it was given
-    mode: str = "extractive"  # "extractive", "chat" (streamed text) or "structured" (JSON schema)
-    citations: list[Citation] = field(default_factory=list)
-    model: str = ""  # the chat model, for mode chat/structured
-    finish_reason: str = ""
-    truncated: bool = False  # cut at max_tokens (finish_reason length)
-    searches: list[str] = field(default_factory=list)  # queries of the model's search_corpus calls
-    warnings: list[str] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.ask import check_citations, extractive_answer, split_sentences
+from pipeline.answer.extractive import check_citations, extractive_answer, split_sentences
 from pipeline.records import Hit
 
 
