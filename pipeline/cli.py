@@ -11,9 +11,7 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from .config import Config, load_config, parse_size
-from .errors import DeadlineError, PipelineError
+from .deadline import deadline_option
+from .errors import PipelineError
 from .tokens import preload_counter
 
 __all__ = ["cli", "main"]
@@ -91,39 +90,6 @@ follow_symlinks_option = click.option(
          "counted; [sources] follow_symlinks).")
 
 
-DEADLINE_GRACE_S = 5.0  # after the deadline, the time a command has to stop cleanly (locks, temp files) before it is ended
-
-
-def _arm_deadline(ctx: click.Context, param: click.Parameter, seconds: float | None) -> None:
-    """Stop the command after `seconds`: DeadlineError in the main thread (locks released, nothing
-    half-built published), and if it has not ended DEADLINE_GRACE_S later, an immediate exit 124.
-    """
-    if not seconds:
-        return
-
-    def passed(signum: int, frame: object) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        raise DeadlineError(f"--deadline: stopped after {seconds:g} s")
-
-    def hard_stop() -> None:
-        sys.stderr.write(f"error: --deadline: stopped after {seconds:g} s (and {DEADLINE_GRACE_S:g} s of grace)\n")
-        sys.stderr.flush()
-        os._exit(DeadlineError.exit_code)
-
-    signal.signal(signal.SIGALRM, passed)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    watchdog = threading.Timer(seconds + DEADLINE_GRACE_S, hard_stop)
-    watchdog.daemon = True
-    watchdog.start()
-
-
-def _deadline_option() -> click.Option:
-    return click.Option(["--deadline"], type=click.FloatRange(min=0, min_open=True), envvar="PIPELINE_DEADLINE",
-                        expose_value=False, callback=_arm_deadline,
-                        help="Stop the command after this many seconds (exit 124), so no run can hang. "
-                             "Env: PIPELINE_DEADLINE.")
-
-
 class _Commands(click.Group):
     """Loads the emulator command (starlette, uvicorn: 70 ms) only when it is asked for or listed.
 
@@ -132,7 +98,7 @@ class _Commands(click.Group):
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not any(p.name == "deadline" for p in cmd.params):
-            cmd.params.append(_deadline_option())
+            cmd.params.append(deadline_option())
         super().add_command(cmd, name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -14,22 +14,21 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
-from .errors import ConfigError, LockHeldError, ModelMismatchError, ShrinkRefusedError, SourceError
+from .errors import ShrinkRefusedError
 from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
 from .planning import EmbedPlan, make_plan
-from .providers import EmbeddingProvider, embedding_provider, provider_endpoint, warmed_provider
-from .providers.base import TokenCountingProvider
-from .records import Chunk, Document, ModelSpec
+from .providers import EmbeddingProvider, warmed_provider
+from .records import Chunk, Document
+from .run_context import OwnedProvider, RunContext, chunk_counter, locked, run_spec
 from .sources import SourceReport, iter_documents
 from .store import (
     META_KEY,
@@ -37,28 +36,25 @@ from .store import (
     SnapshotStream,
     VectorCache,
     chunk_table,
-    current_snapshot,
     empty_table,
-    fingerprint_id,
     live_snapshot,
     new_snapshot_dir,
     publish_snapshot,
     write_json_atomic,
     write_table_atomic,
 )
-from .tokens import CachedCounter, TokenCounter, preload_counter, token_counter_for
+from .tokens import TokenCounter, preload_counter, token_counter_for
 
 if TYPE_CHECKING:  # the index stage loads when a run builds one (faiss: 50 ms)
     from .index import IndexReport
 
-__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "RunContext", "chunk_corpus",
-           "chunk_counter", "embed", "no_progress", "plan", "reindex"]
+__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "chunk_corpus", "embed",
+           "no_progress", "plan", "reindex"]
 
 Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
 Describe = Callable[[Path, str], str]  # an image file and its doc id -> its description
 EXIT_PARTIAL = 3  # some documents failed; the rest is published
 EXIT_NOTHING_EMBEDDED = 1  # every batch failed (credentials, TLS, DNS, a dead server): a broken deployment
-EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
 
 
 def no_progress(label: str, total: int | None) -> Callable[[int], None]:
@@ -127,24 +123,6 @@ class EmbedReport:
                 f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s")
 
 
-def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
-    """The chunker's counter: the offline one, or with [chunking] exact_tokens the provider's own count.
-
-    The exact counter asks the service (GigaChat's /tokens/count) once per distinct text, plus the
-    embeddings endpoint's per-text overhead; only providers that can count support it.
-    """
-    if not config.chunking.exact_tokens:
-        return token_counter_for(spec)
-    provider = embedding_provider(spec, config)
-    if not isinstance(provider, TokenCountingProvider):
-        raise ConfigError(f"--exact-tokens: the {spec.provider} provider of {spec.name} cannot count tokens")
-
-    def count_many(texts: list[str]) -> list[int]:
-        return list(asyncio.run(provider.count_tokens(texts)))
-
-    return CachedCounter(f"{spec.provider}-exact", count_many, overhead_tokens=EXACT_OVERHEAD_TOKENS)
-
-
 def _documents(config: Config, corpus: Path, report: SourceReport | None,
                describe: Describe | None = None) -> Iterator[Document]:
     """The corpus walked with the config's [sources] rules (links, size limit)."""
@@ -163,136 +141,6 @@ def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = Non
         for doc in _documents(config, corpus, report, describe):
             yield from chunk_document(doc, settings, counter)
             advance(1)
-
-
-@contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out_dir / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise LockHeldError(f"{out_dir}: another pipeline run holds the lock ({out_dir / '.lock'})") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _run_spec(config: Config) -> ModelSpec:
-    """The model of a run over config's corpus. Raises ConfigError (no corpus) or SourceError (none there)."""
-    if config.corpus is None:
-        raise ConfigError("no corpus: give CORPUS or set `corpus` in the config file")
-    if not config.corpus.exists():
-        raise SourceError(f"{config.corpus}: corpus path does not exist")
-    return config.model_spec()
-
-
-@dataclass
-class RunContext:
-    """What an embed run (and its plan) works from: model, chunking, fingerprint, output and its live snapshot.
-
-    `config.out_dir` is resolved (a --new-index sibling when the live index has another fingerprint);
-    `previous` and `manifest` are read by read_previous(), under the lock for a run that writes.
-    """
-
-    config: Config
-    spec: ModelSpec
-    settings: ChunkSettings
-    counter: TokenCounter  # the chunker's: see chunk_counter
-    fingerprint: dict[str, Any]
-    previous: Snapshot | None = None
-    manifest: dict[str, Any] | None = None
-
-    @classmethod
-    def open(cls, config: Config, spec: ModelSpec, *, new_index: bool = False) -> RunContext:
-        settings = ChunkSettings.for_model(spec, config.chunking)
-        counter = chunk_counter(config, spec)
-        fp = {
-            "model": spec.name, "provider": spec.provider, "endpoint": provider_endpoint(spec, config),
-            "dimension": spec.dimension, "normalize": spec.normalize,
-            "query_instruction": spec.query_instruction, "passage_instruction": spec.passage_instruction,
-            "chunking": {"max_tokens": settings.max_tokens, "target_tokens": settings.target_tokens,
-                         "overlap_tokens": settings.overlap_tokens, "tokenizer": counter.name},
-        }
-        out_dir = config.out_dir
-        if new_index:
-            live = current_snapshot(out_dir) if out_dir.exists() else None
-            if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
-                out_dir = out_dir.with_name(f"{out_dir.name}.{fp['model']}-{fingerprint_id(fp)[:8]}")
-        return cls(replace(config, out_dir=out_dir), spec, settings, counter, fp)
-
-    @property
-    def out_dir(self) -> Path:
-        return self.config.out_dir
-
-    @property
-    def fingerprint_id(self) -> str:
-        return fingerprint_id(self.fingerprint)
-
-    @property
-    def cache_key(self) -> str:
-        """Vectors depend on model, endpoint and passage instruction, not on chunking or normalisation."""
-        fp = self.fingerprint
-        return f"{fp['model']}-" + fingerprint_id({k: fp[k] for k in ("model", "provider", "endpoint", "dimension",
-                                                                         "passage_instruction")})
-
-    def cache(self) -> VectorCache:
-        return VectorCache(self.config.cache_dir, self.cache_key, self.spec.dimension, normalize=self.spec.normalize)
-
-    def read_previous(self) -> None:
-        """The live snapshot of out_dir and its manifest (None, None before the first run)."""
-        self.previous = current_snapshot(self.out_dir) if self.out_dir.exists() else None
-        self.manifest = self.previous.manifest() if self.previous else None
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold out_dir's run lock, with the previous snapshot read under it. Raises LockHeldError."""
-        with _locked(self.out_dir):
-            self.read_previous()
-            yield
-
-    def foreign(self) -> bool:
-        """The live snapshot was built with another fingerprint (model, endpoint, chunking...)."""
-        return bool(self.manifest) and self.manifest.get("fingerprint_id") != self.fingerprint_id  # type: ignore[union-attr]
-
-    def mismatch(self) -> ModelMismatchError:
-        was = (self.manifest or {}).get("fingerprint", {})
-        return ModelMismatchError(
-            f"{self.out_dir} holds an index of {was.get('model')!r} with other settings "
-            f"(fingerprint {(self.manifest or {}).get('fingerprint_id')}); this run would be {self.spec.name!r} "
-            f"({self.fingerprint_id}). Use --new-index to build beside it, or --out another directory")
-
-    def snapshot_meta(self) -> dict[str, Any]:
-        return {"model": self.spec.name, "dimension": self.spec.dimension, "normalize": self.spec.normalize,
-                "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-class _OwnedProvider:
-    """The run's embedding provider (the caller's, or made here) and the one rule for closing it.
-
-    The run owns it from the start and closes it exactly once: inside the event loop that embedded with it
-    (aclose, at the end of that loop), else when the run ends (close).
-    """
-
-    def __init__(self, provider: EmbeddingProvider | None) -> None:
-        self.provider = provider
-
-    def get(self, spec: ModelSpec, config: Config) -> EmbeddingProvider:
-        """The provider, made now if none was given or warmed (a missing credential raises here)."""
-        if self.provider is None:
-            self.provider = embedding_provider(spec, config)
-        return self.provider
-
-    async def aclose(self) -> None:
-        provider, self.provider = self.provider, None
-        if provider is not None:
-            await provider.aclose()
-
-    def close(self) -> None:
-        if self.provider is not None:
-            asyncio.run(self.aclose())
 
 
 def _crash_point(name: str) -> None:
@@ -318,9 +166,9 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     the live ones, unless allow_shrink (the vectors embedded meanwhile stay in the cache).
     """
     started = time.perf_counter()
-    owner = _OwnedProvider(provider)
+    owner = OwnedProvider(provider)
     try:
-        spec = _run_spec(config)
+        spec = run_spec(config)
         preload_counter(spec)
         # Started first: the access token arrives while the tokenizer loads and the corpus is read.
         if owner.provider is None:
@@ -334,7 +182,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
         owner.close()
 
 
-def _update(ctx: RunContext, owner: _OwnedProvider, started: float, build: bool, progress: Progress,
+def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, progress: Progress,
             allow_shrink: bool) -> EmbedReport:
     """The locked part of embed: diff, chunk and embed what is missing, write, index and publish."""
     config, out_dir = ctx.config, ctx.out_dir
@@ -425,7 +273,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
     Reads the corpus, the live snapshot and the vector cache; takes no lock and writes nothing.
     latency_ms is the expected time of one request (None: a documented guess, noted in the plan).
     """
-    ctx = RunContext.open(config, _run_spec(config))  # the fingerprint embed would record
+    ctx = RunContext.open(config, run_spec(config))  # the fingerprint embed would record
     counter = token_counter_for(ctx.spec)  # offline: planning sends nothing, not even token counts
     result = EmbedPlan(corpus=str(config.corpus), model=ctx.spec.name)
     if config.chunking.exact_tokens:
@@ -454,7 +302,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
 
 def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
     """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
-    with _locked(config.out_dir):
+    with locked(config.out_dir):
         live = live_snapshot(config.out_dir)
         snap = new_snapshot_dir(config.out_dir)
         for src in (live.vectors_path, live.manifest_path):
@@ -495,7 +343,7 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
     done()
 
 
-async def _embed_missing(ctx: RunContext, owner: _OwnedProvider, items: Iterable[EmbedItem], cache: VectorCache,
+async def _embed_missing(ctx: RunContext, owner: OwnedProvider, items: Iterable[EmbedItem], cache: VectorCache,
                          progress: Progress, after_put: Callable[[], None] | None = None) -> EmbedStats:
     """Embed items into the cache; the owned provider is closed at the end of this, its loop."""
     try:

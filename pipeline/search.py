@@ -22,6 +22,7 @@ from .index.bm25 import Bm25Index
 from .index.files import load_bm25, load_index
 from .index.score import ExactTopK, single_thread
 from .providers import embedding_provider
+from .providers.retry import RetryPolicy
 from .records import Hit
 from .store import iter_vector_batches, live_snapshot, normalize_rows
 
@@ -169,8 +170,9 @@ class Searcher:
         """Vectors of texts by the index's model, normalised as its passages were."""
         async def run() -> np.ndarray:
             provider = embedding_provider(self.spec, self.config)
-            try:
-                return await provider.embed_batch(texts, is_query=is_query)
+            try:  # one 500 must not fail a user's search: retried like every one-off call
+                return await RetryPolicy.for_config(self.config).acall(
+                    lambda: provider.embed_batch(texts, is_query=is_query))
             finally:
                 await provider.aclose()
 

@@ -136,7 +136,7 @@ def test_a_callers_provider_is_closed_once_whether_the_run_embeds_skips_or_is_re
 
 
 def test_embed_and_plan_share_the_run_context(tiny_corpus: Path, config_for) -> None:
-    from pipeline.run import RunContext
+    from pipeline.run_context import RunContext
 
     config = config_for(tiny_corpus)
     context = RunContext.open(config, config.model_spec())

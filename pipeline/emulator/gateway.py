@@ -265,9 +265,8 @@ class Gateway:
         if self.state.bucket is not None:
             wait_s = self.state.bucket.take()
             if wait_s > 0:
-                return rest_error(
-                    429, "Too Many Requests: rate limit reached", {"Retry-After": f"{wait_s:.3f}"}
-                )
+                header = profile.retry_after or f"{wait_s:.3f}"
+                return rest_error(429, "Too Many Requests: rate limit reached", {"Retry-After": header})
         return None
 
     def _route_path(self, scope: Scope) -> str:

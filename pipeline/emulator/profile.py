@@ -56,6 +56,13 @@ class EmulatorProfile:
             "API calls per second (token bucket); beyond it 429 + Retry-After (0 = off). OAuth is exempt."
         ),
     )
+    retry_after: str = field(
+        default="",
+        metadata=_help(
+            "Retry-After sent with the rate limit's 429s instead of the bucket's wait, as given "
+            "(e.g. 'inf', '86400', an HTTP date): a hostile or broken server."
+        ),
+    )
     error_rate: float = field(
         default=0.0,
         metadata=_help("Seeded fraction of REST calls answered 500 (never OAuth nor POST /token)."),

@@ -125,12 +125,19 @@ def load_index(snap: Snapshot) -> tuple[faiss.Index, pa.Table, dict[str, Any]]:
     """The saved index with its search parameter applied, its rows table and its metadata."""
     path = snap.index_dir / INDEX_FILE
     if not path.is_file():
+        if not snap.manifest().get("documents"):
+            raise StoreError(f"{snap.path.parent.parent}: the live snapshot is empty (0 documents): nothing to "
+                             "search; embed a corpus with documents")
         raise StoreError(f"{path}: no index; run `pipeline index` first")
     try:
         meta = json.loads((snap.index_dir / META_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError) as e:
         raise StoreError(f"{snap.index_dir / META_FILE}: missing or corrupt index metadata: {e}") from None
-    index = faiss.read_index(str(path))
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:  # FAISS reports a truncated or foreign file as a RuntimeError
+        raise StoreError(f"{path}: unreadable FAISS index ({str(e).splitlines()[0][:200]}); "
+                         "run `pipeline index` to rebuild it") from None
     set_search_param(index, meta.get("search_param", {}))
     rows = read_index_rows(snap.index_dir)
     if rows.num_rows != index.ntotal:

@@ -70,13 +70,16 @@ def embedding_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider:
 
 
 def chat_model(spec: ModelSpec, config: Config) -> ChatModel:
-    """A ChatModel for a chat model of the registry. Raises ConfigError for a provider without chat or auth."""
+    """A ChatModel for a chat model of the registry, its calls retried (RetryPolicy); ConfigError for a
+    provider without chat or without credentials."""
     found = _plugin_for(spec)
     if not isinstance(found, ChatProviderPlugin):
         raise ConfigError(f"chat model {spec.name}: provider {spec.provider!r} has no chat API here "
                           "(use 'gigachat' or 'openai')")
     found.check_credentials(spec, config, what="chat model")
-    return found.chat_model(spec, config)
+    from .retry import RetryingChatModel, RetryPolicy
+
+    return RetryingChatModel(found.chat_model(spec, config), RetryPolicy.for_config(config))
 
 
 def warmed_provider(spec: ModelSpec, config: Config) -> EmbeddingProvider | None:

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
 from ..errors import ProviderError, RateLimitError, RetryAfterTooLongError
 
-__all__ = ["DEFAULT_MAX_RETRY_AFTER_S", "RetryPolicy", "explain_retry_after", "usable_retry_after"]
+if TYPE_CHECKING:
+    from ..config import Config
+    from .chat import ChatDelta, ChatModel, ChatReply
+
+__all__ = ["DEFAULT_MAX_RETRY_AFTER_S", "RetryPolicy", "RetryingChatModel", "explain_retry_after",
+           "usable_retry_after"]
 
 T = TypeVar("T")
 DEFAULT_MAX_RETRY_AFTER_S = 300.0  # a Retry-After beyond this is not waited for: the call fails (retryable)
@@ -41,6 +47,11 @@ class RetryPolicy:
     max_wait_s: float = 8.0
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
     deadline_s: float | None = 120.0  # the whole call, retries included; None: attempts alone bound it
+
+    @classmethod
+    def for_config(cls, config: Config) -> RetryPolicy:
+        """The policy with the config's Retry-After cap ([embedding] max_retry_after_s)."""
+        return cls(max_retry_after_s=config.embedding.max_retry_after_s)
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn(), retried under this policy; raises its last error."""
@@ -104,3 +115,33 @@ def explain_retry_after(e: RateLimitError, cap_s: float) -> RateLimitError:
     why = f"the server asked to wait {e.retry_after:g} s, over the {cap_s:g} s cap (max_retry_after_s)"
     return RetryAfterTooLongError(f"{e.server_message}; {why}", provider=e.provider, endpoint=e.endpoint,
                                   status=e.status, retry_after=e.retry_after)
+
+
+class RetryingChatModel:
+    """A ChatModel whose calls are retried under a policy; a stream only until its first piece has arrived
+    (after that a retry would repeat text already shown)."""
+
+    def __init__(self, inner: ChatModel, policy: RetryPolicy) -> None:
+        self.inner, self.policy, self.model = inner, policy, inner.model
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatReply:
+        return self.policy.call(lambda: self.inner.chat(messages, **opts))
+
+    def structured(self, messages: Sequence[Mapping[str, Any]], schema: Mapping[str, Any], name: str,
+                   **opts: Any) -> tuple[dict[str, Any] | None, ChatReply]:
+        return self.policy.call(lambda: self.inner.structured(messages, schema, name, **opts))
+
+    def describe_image(self, prompt: str, path: Path) -> ChatReply:
+        return self.policy.call(lambda: self.inner.describe_image(prompt, path))
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> Iterator[ChatDelta]:
+        def opened() -> tuple[Iterator[ChatDelta], list[ChatDelta]]:
+            pieces = iter(self.inner.stream(messages, **opts))
+            return pieces, [first] if (first := next(pieces, None)) is not None else []
+
+        pieces, head = self.policy.call(opened)
+        yield from head
+        yield from pieces
+
+    def close(self) -> None:
+        self.inner.close()
