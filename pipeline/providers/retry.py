@@ -118,8 +118,7 @@ def explain_retry_after(e: RateLimitError, cap_s: float) -> RateLimitError:
 
 
 class RetryingChatModel:
-    """A ChatModel whose calls are retried under a policy; a stream only until its first piece has arrived
-    (after that a retry would repeat text already shown)."""
+    """A ChatModel whose complete calls (chat, structured, describe_image) are retried under a policy."""
 
     def __init__(self, inner: ChatModel, policy: RetryPolicy) -> None:
         self.inner, self.policy, self.model = inner, policy, inner.model
@@ -135,13 +134,9 @@ class RetryingChatModel:
         return self.policy.call(lambda: self.inner.describe_image(prompt, path))
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> Iterator[ChatDelta]:
-        def opened() -> tuple[Iterator[ChatDelta], list[ChatDelta]]:
-            pieces = iter(self.inner.stream(messages, **opts))
-            return pieces, [first] if (first := next(pieces, None)) is not None else []
-
-        pieces, head = self.policy.call(opened)
-        yield from head
-        yield from pieces
+        # Not retried here: whoever shows the pieces decides (the answer loop retries a stream that fails
+        # before its first text once, and reports one cut after text as incomplete).
+        return self.inner.stream(messages, **opts)
 
     def close(self) -> None:
         self.inner.close()
