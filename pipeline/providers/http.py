@@ -32,6 +32,7 @@ __all__ = [
     "map_httpx_error",
     "parse_retry_after",
     "server_message",
+    "sse_data",
     "stream_error",
     "sync_client",
     "tls_context",
@@ -152,3 +153,9 @@ def async_client(verify: ssl.SSLContext, timeout_s: float, *, max_connections: i
     limits = _limits(max_connections)
     kw: dict[str, Any] = {"limits": limits} if limits else {}
     return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(timeout_s), **kw)
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of a server-sent event's `data:` line ("[DONE]" included); None for any other line."""
+    line = line.strip()
+    return line[5:].strip() if line.startswith("data:") else None

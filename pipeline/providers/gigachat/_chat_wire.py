@@ -363,10 +363,9 @@ class SSEDecoder:
         self.finish_reason: str | None = None
 
     def feed(self, line: str) -> ChatDelta | None:
-        line = line.strip()
-        if not line.startswith("data:") or self.done:
+        payload = http.sse_data(line)
+        if payload is None or self.done:
             return None
-        payload = line[5:].strip()
         if payload == "[DONE]":
             self.done = True
             return None

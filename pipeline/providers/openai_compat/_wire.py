@@ -186,10 +186,9 @@ class StreamDecoder:
         self._call: dict[str, Any] = {}
 
     def feed(self, line: str) -> ChatDelta | None:
-        line = line.strip()
-        if not line.startswith("data:") or self.done:
+        payload = http.sse_data(line)
+        if payload is None or self.done:
             return None
-        payload = line[5:].strip()
         if payload == "[DONE]":
             self.done = True
             return None
