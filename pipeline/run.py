@@ -40,6 +40,8 @@ from .store import (
     live_snapshot,
     new_snapshot_dir,
     publish_snapshot,
+    read_table,
+    row_count,
     write_json_atomic,
     write_table_atomic,
 )
@@ -316,9 +318,8 @@ def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
 
 
 def _row_count(snap: Snapshot) -> int:
-    import pyarrow.parquet as pq
 
-    return int(pq.ParquetFile(snap.vectors_path).metadata.num_rows)
+    return row_count(snap.vectors_path)
 
 
 def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
@@ -379,14 +380,13 @@ def _write_snapshot(ctx: RunContext, snap: Snapshot, meta: dict[str, Any], diff:
                     new_chunks: list[Chunk], failed_docs: set[str], cache: VectorCache, sources: SourceReport,
                     stream: SnapshotStream | None) -> None:
     """New snapshot = unchanged rows of the previous one + rows of new chunks (+ old rows of failed docs)."""
-    import pyarrow.parquet as pq
 
     prev_docs: dict[str, Any] = ctx.manifest["documents"] if ctx.manifest else {}
     done = [c for c in new_chunks if c.doc_id not in failed_docs]
     if stream is None or not stream.finish(complete=not failed_docs):
         matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
         keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
-        old_table = pq.read_table(ctx.previous.vectors_path) if ctx.previous is not None and keep_old else None
+        old_table = read_table(ctx.previous.vectors_path) if ctx.previous is not None and keep_old else None
         new_table = chunk_table(done, matrix, meta) if done else None
         if old_table is None and new_table is None:
             table = empty_table(cache.dimension, meta)

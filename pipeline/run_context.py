@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,12 +18,12 @@ from filelock import FileLock, Timeout
 
 from .chunking import ChunkSettings
 from .config import Config
-from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError
+from .errors import ConfigError, LockHeldError, ModelMismatchError, SourceError, StoreError
 from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
 from .providers.base import TokenCountingProvider
 from .providers.retry import RetryPolicy
 from .records import ModelSpec
-from .store import Snapshot, VectorCache, current_snapshot, fingerprint_id
+from .store import Snapshot, VectorCache, current_snapshot, fingerprint_id, remove_stray_files
 from .tokens import CachedCounter, TokenCounter, token_counter_for
 
 __all__ = ["OwnedProvider", "RunContext", "chunk_counter", "locked", "run_spec"]
@@ -56,7 +57,12 @@ def locked(out_dir: Path) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         raise LockHeldError(f"{out_dir}: another pipeline run holds the lock ({out_dir / '.lock'})") from None
+    except OSError as e:  # not "held": this file system cannot lock (NFS without lockd), which will not pass
+        raise StoreError(f"{out_dir / '.lock'}: cannot take the run lock: {e.strerror or e} (errno "
+                         f"{errno.errorcode.get(e.errno or 0, e.errno)}); the file system may not support "
+                         "locks: put --out on a local disk") from None
     try:
+        remove_stray_files(out_dir)  # a crashed run's temporary files and unpublished snapshots
         yield
     finally:
         lock.release()

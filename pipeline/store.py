@@ -258,7 +258,7 @@ def publish_snapshot(out_dir: Path, snap: Snapshot, previous: Snapshot | None = 
     tmp.write_text(snap.path.name + "\n", encoding="utf-8")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    _fsync_dir(snap.path)
+    _fsync_tree(snap.path)  # every file of the snapshot (the index's too) is on disk before CURRENT names it
     os.replace(tmp, pointer)
     _fsync_dir(out_dir)
     keep = {snap.path.name} | ({previous.path.name} if previous is not None else set())
@@ -269,9 +269,47 @@ def publish_snapshot(out_dir: Path, snap: Snapshot, previous: Snapshot | None = 
         stale.unlink(missing_ok=True)
 
 
+def _fsync_tree(root: Path) -> None:
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
+
+
+def remove_stray_files(out_dir: Path) -> None:
+    """Drop what crashed runs left: temporary files, and snapshots newer than CURRENT (never published).
+
+    Only for the holder of out_dir's lock: an unpublished snapshot newer than CURRENT is then nobody's.
+    """
+    live = current_snapshot(out_dir) if (out_dir / CURRENT).exists() else None
+    snapshots = out_dir / SNAPSHOTS
+    if snapshots.is_dir():
+        for path in snapshots.iterdir():
+            if path.is_dir() and (live is None or path.name > live.path.name):
+                shutil.rmtree(path, ignore_errors=True)
+    for stale in out_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _read_parquet(path: Path, columns: Iterable[str] | None = None) -> pa.Table:
     try:
         return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not found") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{path}: unreadable Parquet: {e}") from None
+
+
+def read_table(path: Path) -> pa.Table:
+    """A whole Parquet table; StoreError naming the file when it is missing or unreadable."""
+    return _read_parquet(path)
+
+
+def row_count(path: Path) -> int:
+    """The rows of a Parquet file, from its footer; StoreError naming the file when unreadable."""
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
     except (pa.ArrowInvalid, OSError) as e:

@@ -124,3 +124,80 @@ def test_a_corrupt_faiss_file_is_an_error_naming_it(tmp_path: Path) -> None:
         index_file.write_bytes(index_file.read_bytes()[:100])  # truncated, as by a full disk
         with pytest.raises(StoreError, match=r"index\.faiss: unreadable FAISS index"):
             api.search(config, "rivers", k=1)
+
+
+def test_a_file_system_that_cannot_lock_is_an_error_not_lock_held(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    from pipeline.errors import LockHeldError
+
+    def no_locks(fd: int, operation: int) -> None:  # what NFS without lockd answers
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    corpus = _corpus(tmp_path)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with start_emulator(EmulatorProfile()) as emu, pytest.raises(StoreError, match="cannot take the run lock") as info:
+        api.embed(_config(emu, tmp_path, corpus))
+    assert not isinstance(info.value, LockHeldError) and info.value.exit_code != 75
+    assert "ENOLCK" in str(info.value)
+
+
+def test_a_crashed_runs_leftovers_are_removed_and_the_rollback_kept(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    with start_emulator(EmulatorProfile()) as emu:
+        config = _config(emu, tmp_path, corpus)
+        api.embed(config)
+        (corpus / "doc0.txt").write_text("Document 0 now talks about tea.\n", encoding="utf-8")
+        api.embed(config)
+        snapshots = config.out_dir / "snapshots"
+        rollback = sorted(p.name for p in snapshots.iterdir())[0]
+        stray_snap = snapshots / "99991231T235959.000000000"  # newer than CURRENT: a crashed run's
+        (stray_snap / "index").mkdir(parents=True)
+        stray_tmp = config.out_dir / ".run-report.json.0badf00d.tmp"
+        stray_tmp.write_text("{", encoding="utf-8")
+        (corpus / "doc1.txt").write_text("Document 1 now talks about coffee.\n", encoding="utf-8")
+        api.embed(config)
+    assert not stray_snap.exists() and not stray_tmp.exists()
+    assert len(list(snapshots.iterdir())) == 2 and rollback not in {p.name for p in snapshots.iterdir()}
+
+
+def test_every_index_file_is_on_disk_before_current_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    synced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    published_after: list[list[str]] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace_(src: str, dst: str) -> None:
+        if str(dst).endswith("CURRENT"):
+            published_after.append(list(synced))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace_)
+    corpus = _corpus(tmp_path)
+    with start_emulator(EmulatorProfile()) as emu:
+        config = _config(emu, tmp_path, corpus)
+        api.embed(config)
+    index_dir = current_snapshot(config.out_dir).index_dir
+    assert published_after
+    for name in ("index.faiss", "meta.json"):
+        assert str(index_dir / name) in published_after[-1], name
+
+
+def test_an_unreadable_previous_snapshot_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    with start_emulator(EmulatorProfile()) as emu:
+        config = _config(emu, tmp_path, corpus)
+        api.embed(config)
+        vectors = current_snapshot(config.out_dir).vectors_path
+        vectors.write_bytes(b"PAR1 not really parquet")
+        (corpus / "doc0.txt").write_text("Document 0 now talks about tea.\n", encoding="utf-8")
+        with pytest.raises(StoreError, match=r"vectors\.parquet"):
+            api.embed(config)

@@ -15,6 +15,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import ProviderError
 from pipeline.sources import SourceReport, escape_name, iter_documents, unescape_name
@@ -281,3 +283,28 @@ def test_the_cli_skips_links_out_of_the_corpus_unless_asked(linked: Path) -> Non
 
     assert "hunter2" not in chunked()
     assert "hunter2" in chunked("--follow-symlinks")
+
+
+_NAME_BYTES = st.binary(min_size=1, max_size=40).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..") and not b.startswith(b"."))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=_NAME_BYTES)
+def test_any_file_name_is_read_once_and_kept_reversibly(raw: bytes) -> None:
+    """Any bytes a file name can hold: one document, an id that is valid UTF-8 (Parquet can store it), and
+    the escape gives back the exact bytes."""
+    import pyarrow as pa
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp)
+        name = raw + b".txt"
+        with open(os.path.join(os.fsencode(corpus), name), "wb") as f:
+            f.write(b"some text")
+        docs, report = read(corpus)
+    assert list(docs.values()) == ["some text"], report.warnings
+    (doc_id,) = docs
+    pa.array([doc_id], pa.string())  # no surrogates: this is what failed before
+    assert doc_id.encode("utf-8").decode("utf-8") == doc_id
+    assert unescape_name(doc_id) == name
+    assert all(ch.isprintable() for ch in doc_id)
