@@ -201,3 +201,14 @@ def test_an_unreadable_previous_snapshot_is_an_error_naming_the_file(tmp_path: P
         (corpus / "doc0.txt").write_text("Document 0 now talks about tea.\n", encoding="utf-8")
         with pytest.raises(StoreError, match=r"vectors\.parquet"):
             api.embed(config)
+
+
+def test_searches_wait_out_a_429_storm(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    with start_emulator(EmulatorProfile()) as emu:
+        api.embed(_config(emu, tmp_path, corpus))
+    with start_emulator(EmulatorProfile(rps=4)) as limited:  # 429 + Retry-After past 4 calls a second
+        config = _config(limited, tmp_path)
+        for topic in TOPICS * 2:
+            assert api.search(config, topic, k=1).hits
+        assert limited.stats()["status_counts"].get("429", 0) >= 1
