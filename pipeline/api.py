@@ -54,16 +54,16 @@ class SearchResult:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None, allow_shrink: bool = False) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, allow_shrink: bool = False, verify: bool = False) -> EmbedReport:
     """Bring the output directory up to date with the corpus (see run.embed): incremental, locked, atomic.
 
     `provider`: one already made for config's model (providers.warmed_provider); embed closes it.
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
     ShrinkRefusedError when the corpus is empty or lost over [sources] max_deleted_share of the live
-    documents, unless allow_shrink.
+    documents, unless allow_shrink. `verify`: read every file, even those whose size and mtime are unchanged.
     """
     return run.embed(config, build=build, new_index=new_index, progress=progress, provider=provider,
-                     allow_shrink=allow_shrink)
+                     allow_shrink=allow_shrink, verify=verify)
 
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:

@@ -139,6 +139,9 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(OUT.<model>-<fingerprint>) instead of refusing."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Texts per embedding request."),
         exact_tokens_option, follow_symlinks_option,
+        click.option("--verify", is_flag=True,
+                     help="Read and hash every file, even those whose size and modification time are the ones "
+                          "the live index recorded (skipped by default: a re-index costs what changed)."),
         click.option("--allow-shrink", is_flag=True,
                      help="Publish even when the corpus is empty or lost more than [sources] max_deleted_share "
                           "(default 50%) of the live documents; without it such a run is refused (exit 2)."),
@@ -155,8 +158,8 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
                no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool,
-               follow_symlinks: bool | None, allow_shrink: bool, plan_only: bool, latency_ms: float | None, progress: bool,
-               as_json: bool) -> None:
+               follow_symlinks: bool | None, verify: bool, allow_shrink: bool, plan_only: bool,
+               latency_ms: float | None, progress: bool, as_json: bool) -> None:
     from dataclasses import replace
 
     config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir, exact_tokens=exact_tokens,
@@ -181,7 +184,8 @@ def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None,
     from . import api
 
     report = api.embed(config, build=not no_index, new_index=new_index,
-                       progress=_progress_bars(progress and not as_json), provider=provider, allow_shrink=allow_shrink)
+                       progress=_progress_bars(progress and not as_json), provider=provider, allow_shrink=allow_shrink,
+                       verify=verify)
     if as_json:
         _print_json(asdict(report))
     else:

@@ -113,6 +113,9 @@ class EmbeddingConfig:
     tokens_per_minute: float = 0
     max_attempts: int = 6
     max_retry_after_s: float = 300.0  # a longer Retry-After (or inf) is not waited for: the call fails, retryable
+    # Texts read and chunked but not yet embedded, at most: with the row group being written, what bounds a
+    # run's memory (about 4 KB a text), whatever the corpus size.
+    max_queued_texts: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -500,8 +503,9 @@ def load_config(
         raise ConfigError(f"{cfg_path}: [ask] max_rounds must not be negative, max_tokens must be positive")
     if chunking.overlap_tokens < 0 or chunking.target_tokens < 0:
         raise ConfigError(f"{cfg_path}: [chunking] sizes must not be negative")
-    if embedding.concurrency < 1 or embedding.max_attempts < 1:
-        raise ConfigError(f"{cfg_path}: [embedding] concurrency and max_attempts must be at least 1")
+    if embedding.concurrency < 1 or embedding.max_attempts < 1 or embedding.max_queued_texts < 1:
+        raise ConfigError(f"{cfg_path}: [embedding] concurrency, max_attempts and max_queued_texts must be at "
+                          "least 1")
 
     corpus_value = corpus or (Path(data["corpus"]) if data.get("corpus") else None)
     out_value = out_dir or Path(env.get("PIPELINE_OUT_DIR") or data.get("out_dir") or DEFAULT_OUT_DIR)

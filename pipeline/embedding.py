@@ -40,6 +40,7 @@ log = logging.getLogger("pipeline.embedding")
 
 Splitter = Callable[[str], list[tuple[int, int]]]
 OnBatch = Callable[[list[str], np.ndarray], Awaitable[None]]
+OnFailed = Callable[[list[str]], None]  # keys that will not be embedded this run (called on the loop)
 
 RATE_LIMIT_ATTEMPTS_FACTOR = 5  # a batch may meet 5x max_attempts 429s: they cost the server nothing
 ABORT_AFTER_FAILED_BATCHES = 5  # this many batches failing in a row, none succeeding: stop spending
@@ -178,10 +179,12 @@ class _Run:
 
     def __init__(self, provider: EmbeddingProvider, cfg: EmbeddingConfig, on_batch: OnBatch,
                  progress: Callable[[int], None] | None, splitter: Splitter | None,
-                 backoff_initial_s: float, backoff_max_s: float) -> None:
+                 backoff_initial_s: float, backoff_max_s: float, on_failed: OnFailed | None = None) -> None:
         spec: ModelSpec = provider.spec
         self.provider, self.spec, self.cfg = provider, spec, cfg
-        self.on_batch, self.progress, self.splitter = on_batch, progress, splitter
+        self.on_batch, self.progress, self.splitter, self.on_failed = on_batch, progress, splitter, on_failed
+        self.produced = 0  # items the producer thread has handed over; it waits while too many are not done
+        self._room = threading.Event()
         self.stats = EmbedStats()
         self.sizer = BatchSizer(cfg.batch_size or spec.max_batch_texts)
         self.max_tokens = spec.max_batch_tokens
@@ -213,7 +216,7 @@ class _Run:
         """Queue items (on the loop thread); after an abort they are recorded as failed at once."""
         for item in items:
             if self.stats.aborted:
-                self.stats.failed[item.key] = self.stats.aborted
+                self._record_failed([item.key], self.stats.aborted)
             else:
                 self.pending.append(item)
                 self.pending_tokens += item.tokens
@@ -221,7 +224,7 @@ class _Run:
 
     def _push_back(self, batch: list[EmbedItem]) -> None:
         if self.stats.aborted:
-            self.stats.failed.update((item.key, self.stats.aborted) for item in batch)
+            self._record_failed([item.key for item in batch], self.stats.aborted)
             return
         for item in reversed(batch):
             self.pending.appendleft(item)
@@ -269,6 +272,17 @@ class _Run:
                 for item in items:
                     if stop.is_set():
                         return
+                    # Backpressure: the producer (reading and chunking the corpus) stays at most
+                    # max_queued_texts ahead of the embedded, so memory follows the setting, not the corpus.
+                    while self.produced - self.stats.texts - len(self.stats.failed) >= self.cfg.max_queued_texts:
+                        if chunk:
+                            loop.call_soon_threadsafe(self.add, chunk)
+                            chunk = []
+                        self._room.wait(0.05)
+                        self._room.clear()
+                        if stop.is_set():
+                            return
+                    self.produced += 1
                     chunk.append(item)
                     if len(chunk) >= FEED_CHUNK:
                         loop.call_soon_threadsafe(self.add, chunk)
@@ -319,13 +333,20 @@ class _Run:
         self.failed_in_a_row = 0
         await self.on_batch([item.key for item in batch], matrix)
         self.stats.texts += len(batch)
+        self._room.set()
         self.stats.tokens += sum(item.tokens for item in batch)
         if self.progress:
             self.progress(len(batch))
 
+    def _record_failed(self, keys: list[str], reason: str) -> None:
+        for key in keys:
+            self.stats.failed[key] = reason
+        self._room.set()
+        if self.on_failed is not None and keys:
+            self.on_failed(keys)
+
     def _fail(self, batch: list[EmbedItem], error: ProviderError) -> None:
-        for item in batch:
-            self.stats.failed[item.key] = str(error)
+        self._record_failed([item.key for item in batch], str(error))
         log.warning("batch of %d texts failed: %s", len(batch), error)
         self.failed_in_a_row += 1
         if isinstance(error, (AuthError, RetryAfterTooLongError)) or \
@@ -338,8 +359,7 @@ class _Run:
             return
         log.error("%s", reason)
         self.stats.aborted = reason
-        for item in self.pending:
-            self.stats.failed[item.key] = reason
+        self._record_failed([item.key for item in self.pending], reason)
         self.pending.clear()
         self.pending_tokens = 0
         self._wake()
@@ -480,19 +500,21 @@ async def embed_items(
     cfg: EmbeddingConfig,
     *,
     on_batch: OnBatch,
+    on_failed: OnFailed | None = None,
     progress: Callable[[int], None] | None = None,
     splitter: Splitter | None = None,
     backoff_initial_s: float = 0.05,
     backoff_max_s: float = 30.0,
 ) -> EmbedStats:
-    """Embed every item; hand each finished batch (keys, raw float32 matrix) to `on_batch`.
+    """Embed every item; hand each finished batch (keys, raw float32 matrix) to `on_batch`, and the keys of
+    items that will not be embedded this run to `on_failed`.
 
     `items` may be lazy (a generator that chunks as it goes): it is drained in a worker thread while
     requests are already in flight. Returns stats; items that failed after all attempts are listed in
     stats.failed with their reason, not raised, so the caller can keep what succeeded and exit non-zero.
     Raises what on_batch or the items iterable raise.
     """
-    run = _Run(provider, cfg, on_batch, progress, splitter, backoff_initial_s, backoff_max_s)
+    run = _Run(provider, cfg, on_batch, progress, splitter, backoff_initial_s, backoff_max_s, on_failed)
     started = time.perf_counter()
     tasks = [asyncio.create_task(run.feed(items))] + [asyncio.create_task(run.work()) for _ in range(run.workers)]
     reporter = asyncio.create_task(run.report()) if log.isEnabledFor(logging.DEBUG) else None
@@ -503,8 +525,8 @@ async def embed_items(
             task.cancel()
         await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
     stats = run.stats
-    for item in run.pending:  # none, by construction; but an item is never dropped without a word
-        stats.failed.setdefault(item.key, "not sent")
+    # none, by construction; but an item is never dropped without a word
+    run._record_failed([item.key for item in run.pending if item.key not in stats.failed], "not sent")
     stats.seconds = time.perf_counter() - started
     stats.batch_texts = run.sizer.limit
     stats.concurrency = run.concurrency.limit

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,26 +24,21 @@ from .chunking import ChunkSettings, chunk_document, split_for_retry
 from .config import Config
 from .embedding import EmbedItem, EmbedStats, embed_items
 from .errors import ShrinkRefusedError
-from .incremental import CorpusDiff, diff_corpus, diff_stream, merge_tables
+from .incremental import CorpusDiff, diff_stream
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, warmed_provider
 from .records import Chunk, Document
 from .run_context import OwnedProvider, RunContext, chunk_counter, locked, run_spec
-from .sources import SourceReport, iter_documents
+from .snapshot_stream import SnapshotStream
+from .sources import KnownFile, SourceReport, iter_documents
 from .store import (
-    META_KEY,
     Snapshot,
-    SnapshotStream,
     VectorCache,
-    chunk_table,
-    empty_table,
     live_snapshot,
     new_snapshot_dir,
     publish_snapshot,
-    read_table,
     row_count,
     write_json_atomic,
-    write_table_atomic,
 )
 from .tokens import TokenCounter, preload_counter, token_counter_for
 
@@ -84,6 +79,7 @@ class EmbedReport:
     model: str
     out_dir: str
     files: int = 0
+    unread: int = 0  # files whose size and mtime were unchanged: not read (see --verify)
     documents: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -125,11 +121,35 @@ class EmbedReport:
                 f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s")
 
 
-def _documents(config: Config, corpus: Path, report: SourceReport | None,
-               describe: Describe | None = None) -> Iterator[Document]:
-    """The corpus walked with the config's [sources] rules (links, size limit)."""
+def _documents(config: Config, corpus: Path, report: SourceReport | None, describe: Describe | None = None,
+               known: Mapping[str, KnownFile] | None = None) -> Iterator[Document]:
+    """The corpus walked with the config's [sources] rules (links, size limit); `known` files unread."""
     return iter_documents(corpus, report, describe, follow_symlinks=config.sources.follow_symlinks,
-                          max_file_bytes=config.sources.max_file_bytes)
+                          max_file_bytes=config.sources.max_file_bytes, known=known)
+
+
+def _known_files(documents: Mapping[str, Mapping[str, Any]]) -> dict[str, KnownFile]:
+    """The previous manifest's documents by source file, for those it recorded a file stamp of."""
+    known: dict[str, KnownFile] = {}
+    for doc_id, entry in documents.items():
+        if "mtime_ns" in entry and "size" in entry:
+            was = known.setdefault(entry["source_path"], ((entry["size"], entry["mtime_ns"]), []))
+            was[1].append((doc_id, entry["content_hash"]))
+    return known
+
+
+def _stamped(documents: dict[str, dict[str, Any]], sources: SourceReport,
+             unstamped: set[str]) -> dict[str, dict[str, Any]]:
+    """Manifest entries with the file stamp read this run; none for files with a failed document, so the
+    next run reads them again (a failed new document is in no entry to come back from)."""
+    out: dict[str, dict[str, Any]] = {}
+    for doc_id, entry in documents.items():
+        stamp = sources.stamps.get(entry["source_path"])
+        if stamp is None or entry["source_path"] in unstamped:
+            out[doc_id] = {k: v for k, v in entry.items() if k not in ("size", "mtime_ns")}
+        else:
+            out[doc_id] = {**entry, "size": stamp[0], "mtime_ns": stamp[1]}
+    return out
 
 
 def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress
@@ -154,7 +174,7 @@ def _crash_point(name: str) -> None:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None, allow_shrink: bool = False) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, allow_shrink: bool = False, verify: bool = False) -> EmbedReport:
     """Bring the output directory up to date with the corpus: incremental, locked, atomic.
 
     Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
@@ -166,6 +186,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
     ShrinkRefusedError when the corpus has no documents, or lost more than [sources] max_deleted_share of
     the live ones, unless allow_shrink (the vectors embedded meanwhile stay in the cache).
+    A file whose size and mtime are those the live snapshot recorded is not read again, unless `verify`.
     """
     started = time.perf_counter()
     owner = OwnedProvider(provider)
@@ -179,65 +200,73 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
         with ctx.locked():
             if ctx.foreign():
                 raise ctx.mismatch()
-            return _update(ctx, owner, started, build, progress, allow_shrink)
+            return _update(ctx, owner, started, build, progress, allow_shrink, verify)
     finally:
         owner.close()
 
 
 def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, progress: Progress,
-            allow_shrink: bool) -> EmbedReport:
-    """The locked part of embed: diff, chunk and embed what is missing, write, index and publish."""
+            allow_shrink: bool, verify: bool) -> EmbedReport:
+    """The locked part of embed: diff, chunk and embed what is missing, write, index and publish.
+
+    Streams end to end: documents are read, chunked, embedded and written as they come, the previous
+    snapshot's kept rows are copied batch by batch, so memory follows the settings, not the corpus.
+    """
     config, out_dir = ctx.config, ctx.out_dir
     report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=str(out_dir))
     sources = SourceReport()
     diff = CorpusDiff()
     cache = ctx.cache()
-    new_chunks: list[Chunk] = []
-    todo: dict[str, EmbedItem] = {}
+    tally = _Tally()
 
     def chunked() -> None:
         report.chunk_seconds = time.perf_counter() - started
 
     meta = ctx.snapshot_meta()
-    snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next prune
-    # A fresh build writes its vectors while it embeds; an update merges old rows at the end instead.
-    stream = SnapshotStream(snap, new_chunks, cache, meta) if ctx.previous is None else None
+    snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next run
+    stream = SnapshotStream(snap, cache, meta)
+    prev_docs: dict[str, Any] = ctx.manifest["documents"] if ctx.manifest else {}
     with _describer(config) as describe, _aborted_on_error(stream):
         # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
         # the first requests leave with the first file instead of after the whole corpus is read.
-        to_chunk = diff_stream(_documents(config, config.corpus, sources, describe),
-                               ctx.manifest["documents"] if ctx.manifest else None, diff)
-        missing = _missing_items(to_chunk, ctx.settings, ctx.counter, cache, new_chunks, todo,
+        known = None if verify else _known_files(prev_docs)
+        to_chunk = diff_stream(_documents(config, config.corpus, sources, describe, known), prev_docs, diff)
+        missing = _missing_items(to_chunk, ctx.settings, ctx.counter, cache, stream, tally,
                                  progress("chunk", None), chunked)
         first = next(missing, None)
         stats = EmbedStats()
         if first is not None:
             stats = asyncio.run(_embed_missing(ctx, owner, itertools.chain([first], missing), cache, progress,
-                                               stream.advance if stream else None))
+                                               stream))
         if not allow_shrink:
             _check_shrink(ctx, sources, diff)
-    report.files, report.documents = sources.files, sources.documents
+        _crash_point("after_embed")
+        stream.settle_all()
+        failed = set(stream.failed_docs)
+        keep = set(diff.unchanged) | {d for d in failed if d in prev_docs}  # a failed one keeps its old rows
+        rows = stream.finish(ctx.previous.vectors_path if ctx.previous is not None else None, keep)
+    report.files, report.unread, report.documents = sources.files, sources.unread, sources.documents
     report.skipped, report.warnings = dict(sources.skipped), sources.warnings
     report.diff = diff.counts()
-    report.cached = sum(1 for c in new_chunks if c.content_hash not in todo)
+    report.cached, report.tokens = tally.cached, tally.tokens
     report.embedded = stats.texts
     report.requests, report.retries, report.split_texts = stats.requests, stats.retries, stats.split_texts
     report.errors = dict(stats.errors)
     report.limits = {"texts_per_request": stats.batch_texts, "in_flight": stats.concurrency,
                      "requests_per_s": round(stats.requests_per_s, 2)} if stats.requests else {}
     report.embed_seconds = stats.seconds
-    report.tokens = sum(c.token_count for c in new_chunks if c.content_hash in todo)
-
-    failed_docs = sorted({c.doc_id for c in new_chunks if c.content_hash in stats.failed})
-    report.failed_documents = failed_docs
-    report.failed_chunks = sum(1 for c in new_chunks if c.content_hash in stats.failed)
+    report.failed_documents = sorted(failed)
+    report.failed_chunks = stream.failed_chunks
     report.failure_reasons = sorted(set(stats.failed.values()))[:10]
-    _crash_point("after_embed")
 
-    _write_snapshot(ctx, snap, meta, diff, new_chunks, set(failed_docs), cache, sources, stream)
-    report.chunks = snap_rows = _row_count(snap)
-    report.vectors = snap_rows
-    if build and snap_rows:
+    # The old version of a failed document keeps serving; its old hash makes the next run retry it.
+    documents = {doc_id: prev_docs[doc_id] for doc_id in keep}
+    documents.update(stream.written)
+    documents = _stamped(documents, sources, {e["source_path"] for e in stream.failed_docs.values()})
+    write_json_atomic({**meta, "corpus": str(config.corpus), "documents": documents,
+                       "failed_documents": sorted(failed), "skipped": dict(sources.skipped)}, snap.manifest_path)
+    report.chunks = report.vectors = rows
+    if build and rows:
         index_started = time.perf_counter()
         report.index = asdict(_build(config, snap, progress))
         report.index_seconds = time.perf_counter() - index_started
@@ -288,18 +317,25 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
                             "--new-index; planned as a fresh build")
         manifest = None
     sources = SourceReport()
-    diff = diff_corpus(_documents(config, config.corpus, sources), manifest["documents"] if manifest else None)
+    diff = CorpusDiff()
+    tally = _Tally()
+    to_send: list[EmbedItem] = []  # texts dropped: a plan needs their token counts only
+    seen: set[str] = set()
+    cache = ctx.cache()
+    for doc in diff_stream(_documents(config, config.corpus, sources), manifest["documents"] if manifest else None,
+                           diff):
+        for c in chunk_document(doc, ctx.settings, counter):
+            tally.chunks += 1
+            if c.content_hash in seen or c.content_hash in cache:
+                tally.cached += c.content_hash not in seen
+                continue
+            seen.add(c.content_hash)
+            to_send.append(EmbedItem(c.content_hash, "", c.token_count))
     if sources.skipped:
         result.notes.append(f"skipped files (not planned): {dict(sources.skipped)}")
-    chunks: list[Chunk] = []
-    todo: dict[str, EmbedItem] = {}
-    for _ in _missing_items(diff.to_chunk, ctx.settings, counter, ctx.cache(), chunks, todo, lambda n: None,
-                            lambda: None):
-        pass
     result.documents, result.documents_to_chunk = sources.documents, len(diff.to_chunk)
-    result.chunks = len(chunks)
-    result.cache_hits = sum(1 for c in chunks if c.content_hash not in todo)
-    return make_plan(result, list(todo.values()), ctx.spec, config.embedding, latency_ms)
+    result.chunks, result.cache_hits = tally.chunks, tally.cached
+    return make_plan(result, to_send, ctx.spec, config.embedding, latency_ms)
 
 
 def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
@@ -330,23 +366,38 @@ def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
                        target_recall=config.index.target_recall, progress=progress("index", _row_count(snap)))
 
 
+@dataclass
+class _Tally:
+    chunks: int = 0
+    cached: int = 0  # chunks whose vector the cache had (or an earlier chunk of the run asked for)
+    tokens: int = 0  # of the texts sent to be embedded
+
+
 def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
-                   chunks: list[Chunk], todo: dict[str, EmbedItem], advance: Callable[[int], None],
+                   stream: SnapshotStream, tally: _Tally, advance: Callable[[int], None],
                    done: Callable[[], None]) -> Iterator[EmbedItem]:
-    """Chunk `docs` into `chunks`; yield (and note in `todo`) each content hash neither cached nor yielded."""
+    """Chunk `docs` into `stream`; yield each content hash neither cached nor already asked for."""
     for doc in docs:
-        for c in chunk_document(doc, settings, counter):
-            chunks.append(c)
-            if c.content_hash not in cache and c.content_hash not in todo:
-                todo[c.content_hash] = item = EmbedItem(c.content_hash, c.text, c.token_count)
-                yield item
+        chunks = chunk_document(doc, settings, counter)
+        missing = {c.content_hash for c in chunks if c.content_hash not in cache}
+        entry = {"content_hash": doc.content_hash, "source_path": doc.source_path}
+        new = set(stream.add(doc.doc_id, entry, chunks, missing))
+        tally.chunks += len(chunks)
+        for c in chunks:
+            if c.content_hash in new:
+                new.discard(c.content_hash)
+                tally.tokens += c.token_count
+                yield EmbedItem(c.content_hash, c.text, c.token_count)
+            else:
+                tally.cached += 1
         advance(1)
     done()
 
 
 async def _embed_missing(ctx: RunContext, owner: OwnedProvider, items: Iterable[EmbedItem], cache: VectorCache,
-                         progress: Progress, after_put: Callable[[], None] | None = None) -> EmbedStats:
-    """Embed items into the cache; the owned provider is closed at the end of this, its loop."""
+                         progress: Progress, stream: SnapshotStream) -> EmbedStats:
+    """Embed items into the cache, telling the stream what landed and what failed; the owned provider is
+    closed at the end of this, its loop."""
     try:
         provider = owner.get(ctx.spec, ctx.config)
         counter = token_counter_for(ctx.spec)
@@ -354,60 +405,21 @@ async def _embed_missing(ctx: RunContext, owner: OwnedProvider, items: Iterable[
 
         def store(keys: list[str], matrix: np.ndarray) -> None:
             cache.put(keys, matrix)
-            if after_put is not None:
-                after_put()
+            stream.landed(keys)
 
         async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
             await asyncio.to_thread(store, keys, matrix)
 
-        return await embed_items(provider, items, ctx.config.embedding, on_batch=on_batch, progress=advance,
-                                 splitter=lambda text: split_for_retry(text, counter))
+        return await embed_items(provider, items, ctx.config.embedding, on_batch=on_batch, on_failed=stream.failed,
+                                 progress=advance, splitter=lambda text: split_for_retry(text, counter))
     finally:
         await owner.aclose()
 
 
 @contextlib.contextmanager
-def _aborted_on_error(stream: SnapshotStream | None) -> Iterator[None]:
+def _aborted_on_error(stream: SnapshotStream) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if stream is not None:
-            stream.abort()
+        stream.abort()
         raise
-
-
-def _write_snapshot(ctx: RunContext, snap: Snapshot, meta: dict[str, Any], diff: CorpusDiff,
-                    new_chunks: list[Chunk], failed_docs: set[str], cache: VectorCache, sources: SourceReport,
-                    stream: SnapshotStream | None) -> None:
-    """New snapshot = unchanged rows of the previous one + rows of new chunks (+ old rows of failed docs)."""
-
-    prev_docs: dict[str, Any] = ctx.manifest["documents"] if ctx.manifest else {}
-    done = [c for c in new_chunks if c.doc_id not in failed_docs]
-    if stream is None or not stream.finish(complete=not failed_docs):
-        matrix = cache.get_many([c.content_hash for c in done])  # unit rows when spec.normalize: see the cache
-        keep_old = diff.unchanged + [d for d in failed_docs if d in prev_docs]
-        old_table = read_table(ctx.previous.vectors_path) if ctx.previous is not None and keep_old else None
-        new_table = chunk_table(done, matrix, meta) if done else None
-        if old_table is None and new_table is None:
-            table = empty_table(cache.dimension, meta)
-        else:
-            table = merge_tables(old_table, keep_old, new_table, diff.order)
-        table = table.replace_schema_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()})
-        write_table_atomic(table, snap.vectors_path)
-
-    documents: dict[str, dict[str, Any]] = {}
-    for doc_id in diff.unchanged:
-        documents[doc_id] = prev_docs[doc_id]
-    for doc_id in failed_docs:
-        if doc_id in prev_docs:  # the old version keeps serving; its old hash makes the next run retry
-            documents[doc_id] = prev_docs[doc_id]
-    chunk_counts: dict[str, int] = {}
-    for c in done:
-        chunk_counts[c.doc_id] = chunk_counts.get(c.doc_id, 0) + 1
-    for doc in diff.to_chunk:
-        if doc.doc_id not in failed_docs:
-            documents[doc.doc_id] = {"content_hash": doc.content_hash, "source_path": doc.source_path,
-                                     "chunks": chunk_counts.get(doc.doc_id, 0)}
-    write_json_atomic({**meta, "corpus": str(ctx.config.corpus), "documents": documents,
-                       "failed_documents": sorted(failed_docs), "skipped": dict(sources.skipped)},
-                      snap.manifest_path)

@@ -26,7 +26,7 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -37,7 +37,8 @@ import orjson
 from .errors import AuthError, ProviderError, SourceError
 from .records import Document
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "ImageDescriber", "SourceReport", "TEXT_SUFFIXES",
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "FileStamp", "ImageDescriber", "KnownFile", "SourceReport",
+           "TEXT_SUFFIXES",
            "escape_name", "html_to_text", "iter_documents", "text_hash", "unescape_name"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -95,6 +96,11 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+FileStamp = tuple[int, int]  # (size in bytes, mtime in ns): a file the file system says is unchanged
+# A source file the previous run read whole: its stamp then, and the (doc_id, content_hash) it gave.
+KnownFile = tuple[FileStamp, list[tuple[str, str]]]
+
+
 @dataclass
 class SourceReport:
     """What reading the corpus found: files seen, documents produced, and why anything was skipped."""
@@ -103,6 +109,8 @@ class SourceReport:
     documents: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    stamps: dict[str, FileStamp] = field(default_factory=dict)  # source path -> (size, mtime_ns) as read
+    unread: int = 0  # files whose stamp matched the previous run's: their documents were not read again
 
     def skip(self, path: str, reason: str, detail: str = "") -> None:
         self.skipped[reason] += 1
@@ -424,6 +432,14 @@ def _walk(root: Path, report: SourceReport, follow: bool) -> Iterator[tuple[Path
     yield from walk(root, "")
 
 
+def _stamp(path: Path, follow: bool) -> FileStamp | None:
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except OSError:
+        return None  # reading it will say why, and skip it
+    return (st.st_size, st.st_mtime_ns)
+
+
 def _image_document(path: Path, rel: str, describe: ImageDescriber | None, report: SourceReport, *,
                     follow: bool, max_bytes: int) -> Document | None:
     """An image as the Document of its description (doc_type "image"); skipped and counted without a describer,
@@ -462,8 +478,12 @@ def _image_document(path: Path, rel: str, describe: ImageDescriber | None, repor
 
 def iter_documents(corpus: Path, report: SourceReport | None = None,
                    describe_image: ImageDescriber | None = None, *, follow_symlinks: bool = False,
-                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Document]:
+                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                   known: Mapping[str, KnownFile] | None = None) -> Iterator[Document]:
     """Documents of a corpus folder or single file, in a stable (sorted) order.
+
+    `known`: files of the previous run by source path; one whose size and mtime are unchanged is not read,
+    its documents come back as they were (text "", doc_type "unread", the previous content hash).
 
     Images (.png, .jpg, .jpeg) become the text `describe_image(path, rel)` returns; without a describer
     they are skipped and counted. Links, special files, unreadable and oversized files are skipped and
@@ -480,6 +500,17 @@ def iter_documents(corpus: Path, report: SourceReport | None = None,
         report.files += 1
         suffix = path.suffix.lower()
         follow = follow_symlinks or path is corpus
+        stamp = _stamp(path, follow)
+        if stamp is not None:
+            report.stamps[rel] = stamp
+            was = known.get(rel) if known else None
+            if was is not None and was[0] == stamp:  # size and mtime as before: its documents are too
+                report.unread += 1
+                for doc_id, content_hash in was[1]:
+                    report.documents += 1
+                    yield Document(doc_id=doc_id, source_path=rel, text="", content_hash=content_hash,
+                                   doc_type="unread")
+                continue
         if suffix in IMAGE_SUFFIXES:
             image = _image_document(path, rel, describe_image, report, follow=follow, max_bytes=max_file_bytes)
             if image is not None:

@@ -31,7 +31,6 @@ from .records import Chunk
 __all__ = [
     "META_KEY",
     "Snapshot",
-    "SnapshotStream",
     "TableWriter",
     "VectorCache",
     "chunk_table",
@@ -420,50 +419,3 @@ class VectorCache:
         write_table_atomic(table, self.dir / name)
         with self._lock:
             self._add(hashes, matrix)
-
-
-class SnapshotStream:
-    """Writes a fresh build's vectors.parquet while it embeds, so the run does not end on a long write.
-
-    Chunks (corpus order, appended by the chunker thread) go out as row groups once every vector of a
-    long enough run of them is in the cache. finish() completes the file, or drops it if any chunk is
-    missing (a failed document must not be written): the end of the run then writes the table whole.
-    """
-
-    ROW_GROUP_BYTES = 8 << 20  # of vectors: the rows still unwritten when the last batch lands, at most
-
-    def __init__(self, snap: Snapshot, chunks: list[Chunk], cache: VectorCache, meta: dict[str, Any]) -> None:
-        self.chunks, self.cache, self.meta = chunks, cache, meta
-        self.rows_per_group = max(1, self.ROW_GROUP_BYTES // (4 * cache.dimension))
-        self.writer = TableWriter(snap.vectors_path, empty_table(cache.dimension, meta).schema)
-        self.written = 0  # chunks in the file
-        self.ready = 0  # chunks[:ready] all have their vectors
-        self._lock = threading.Lock()
-
-    def advance(self, final: bool = False) -> None:
-        """Write the ready run of chunks if it fills a row group (any length when final); any thread."""
-        if not self._lock.acquire(blocking=final):
-            return  # another thread is writing: it, or the next batch, takes these rows too
-        try:
-            while self.ready < len(self.chunks) and self.chunks[self.ready].content_hash in self.cache:
-                self.ready += 1
-            if self.ready - self.written >= (1 if final else self.rows_per_group):
-                rows = self.chunks[self.written:self.ready]
-                self.writer.write(chunk_table(rows, self.cache.get_many([c.content_hash for c in rows]), self.meta))
-                self.written = self.ready
-        finally:
-            self._lock.release()
-
-    def finish(self, complete: bool) -> bool:
-        """Commit when `complete` (no chunk failed) and every chunk is written; else drop the file."""
-        if complete:
-            self.advance(final=True)
-            if self.written == len(self.chunks):
-                self.writer.commit()
-                return True
-        self.writer.abort()
-        return False
-
-    def abort(self) -> None:
-        """Drop the file (idempotent): the run failed."""
-        self.writer.abort()

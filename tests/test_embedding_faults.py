@@ -25,7 +25,8 @@ from pipeline import api, run
 from pipeline.config import Config, EmbeddingConfig, load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
 from pipeline.emulator.vectors import embed_texts
-from pipeline.store import SnapshotStream, current_snapshot
+from pipeline.snapshot_stream import SnapshotStream
+from pipeline.store import current_snapshot
 
 MODEL = "Embeddings"
 _EN = "the river city model vector server request batch token answer green quiet market paper window"
