@@ -336,7 +336,7 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
     for doc in docs:
         for c in chunk_document(doc, settings, counter):
             chunks.append(c)
-            if c.content_hash not in cache and c.content_hash not in todo:
+            if c.content_hash not in todo and c.content_hash not in cache:
                 todo[c.content_hash] = item = EmbedItem(c.content_hash, c.text, c.token_count)
                 yield item
         advance(1)
