@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 from pipeline.cache import VectorCache, _connect, normalize_rows
 from pipeline.store import _matrix, _vector_array, write_table_atomic
 
+_DIR: str | None = None  # where the caches are made (--dir; default: the system's temporary directory)
+
 
 class OldVectorCache:
     """pipeline/store.py's VectorCache before the SQLite one (commit 55358a2), unchanged but for the name."""
@@ -138,7 +140,7 @@ def _fill(cache: object, n: int, dim: int, rng: np.random.Generator, batch: int 
 
 
 def _per_100_one(cls: type, dim: int, cached: int, repeat: int, rng: np.random.Generator) -> dict[str, str]:
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(dir=_DIR) as tmp:
         cache = cls(Path(tmp), "k", dim)
         keys = _fill(cache, cached, dim, rng)
         block = rng.normal(size=(100, dim)).astype(np.float32)
@@ -169,7 +171,7 @@ def per_100(dim: int, cached: int, repeat: int) -> dict[str, dict[str, str]]:
 def startup(n: int, dim: int) -> dict[str, str]:
     rng = np.random.default_rng(1)
     out = {}
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(dir=_DIR) as tmp:
         root = Path(tmp)
         keys = _fill(OldVectorCache(root, "k", dim), n, dim, rng)  # 100-vector part files, as a run wrote them
         parts = len(list((root / "vectors" / "k").glob("part-*")))
@@ -192,7 +194,7 @@ def startup(n: int, dim: int) -> dict[str, str]:
 
 
 def _threads_one(cls: type, dim: int) -> float:
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(dir=_DIR) as tmp:
         cache = cls(Path(tmp), "k", dim)
         rng = np.random.default_rng(2)
         keys = _fill(cache, 5000, dim, rng)
@@ -230,7 +232,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--startup-n", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--dir", help="Directory for the caches (default: the system's temporary directory).")
     args = parser.parse_args()
+    global _DIR
+    _DIR = args.dir
     print(f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}, "
           f"{platform.machine()}, load {Path('/proc/loadavg').read_text().split()[:3]}\n")
     print("Per call of 100 vectors, median of", args.repeat, "ms (10,000 vectors cached; missing(): 50 cached, "
