@@ -107,6 +107,8 @@ class PerThreadCache(VectorCache):
     def _locked(self) -> Iterator:
         db = getattr(self._local, "db", None)
         if db is None:
+            with self._lock:
+                self._open()  # the file and its schema
             db = self._local.db = _connect(self.path)
         yield db
 

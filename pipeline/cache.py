@@ -80,19 +80,31 @@ class VectorCache:
         self._row_bytes = 4 * dimension
         self._known: set[str] = set()  # hashes this instance wrote or verified: `in` asks SQLite once per hash
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = _connect(self.path)
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', ?), ('key', ?), ('schema', ?)",
-                             (str(dimension), key, str(SCHEMA_VERSION)))
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: cannot open the vector cache: {e}") from None
-        self._import_parts(root / "vectors" / key)
+        self._db: sqlite3.Connection | None = None  # opened by the first write, or now if the file exists
+        old_dir = root / "vectors" / key
+        if self.path.exists() or old_dir.is_dir():
+            self._open()
+            self._import_parts(old_dir)
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, creating the file and its schema if needed (under self._lock or in __init__)."""
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db = _connect(self.path)
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', ?), ('key', ?), ('schema', ?)",
+                           (str(self.dimension), self.key, str(SCHEMA_VERSION)))
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: cannot open the vector cache: {e}") from None
+            self._db = db
+        return self._db
 
     # -- lookups -------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        if self._db is None:  # nothing was ever written (a plan on a fresh cache creates no file)
+            return 0
         with self._locked() as db:
             return int(db.execute("SELECT count(*) FROM vectors").fetchone()[0])
 
@@ -102,8 +114,8 @@ class VectorCache:
     def missing(self, hashes: Iterable[str]) -> list[str]:
         """The hashes (distinct, in first-seen order) with no sound entry: absent, or corrupt (then counted)."""
         wanted = [h for h in dict.fromkeys(hashes) if h not in self._known]
-        if not wanted:
-            return []
+        if not wanted or self._db is None:
+            return wanted
         good: set[str] = set()
         with self._locked() as db:
             for part in _chunks(wanted):
@@ -120,6 +132,10 @@ class VectorCache:
         """
         distinct = list(dict.fromkeys(hashes))
         blobs: dict[str, bytes] = {}
+        if self._db is None:  # nothing was ever written
+            if distinct:
+                raise StoreError(f"{self.path}: no cached vector for {distinct[0]} (the cache is empty)")
+            return np.empty((0, self.dimension), np.float32)
         with self._locked() as db:
             for part in _chunks(distinct):
                 for h, crc, blob in db.execute(
@@ -201,7 +217,9 @@ class VectorCache:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _file_bytes(self) -> int:
         return _db_bytes(self.path)
@@ -210,7 +228,7 @@ class VectorCache:
     def _locked(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                yield self._db
+                yield self._open()
             except sqlite3.DatabaseError as e:
                 raise StoreError(f"{self.path}: vector cache: {e}") from None
 

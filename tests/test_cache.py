@@ -44,6 +44,17 @@ def test_batch_lookups_answer_like_the_per_hash_ones(tmp_path: Path) -> None:
     assert np.frombuffer(blob, "<f4").tolist() == raw[3].tolist()  # raw little-endian float32, readable by anyone
 
 
+def test_lookups_in_a_fresh_cache_create_no_file(tmp_path: Path) -> None:
+    cache = VectorCache(tmp_path, "m", 4)  # what `embed --plan` does: it writes nothing
+    assert cache.missing(["a", "b", "a"]) == ["a", "b"] and "a" not in cache and len(cache) == 0
+    assert cache.get_many([]).shape == (0, 4)
+    with pytest.raises(StoreError):
+        cache.get_many(["a"])
+    assert not (tmp_path / "vectors").exists()
+    cache.put(["a"], np.ones((1, 4), np.float32))
+    assert (tmp_path / "vectors" / "m.sqlite3").is_file() and cache.missing(["a", "b"]) == ["b"]
+
+
 def test_normalised_reads_leave_the_stored_vectors_raw(tmp_path: Path) -> None:
     raw = _raw(4, 3)
     raw[1] = 0
