@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "api": ["EmbedPlan", "EmbedReport", "SearchResult", "ask", "build_index_for", "chunk_corpus", "embed",
-            "evaluate", "list_models", "plan", "search"],
+    "api": ["EmbedPlan", "EmbedReport", "SearchResult", "ask", "build_index_for", "cache_stats", "chunk_corpus",
+            "embed", "evaluate", "list_models", "plan", "prune_cache", "search"],
     "answer": ["Answer", "Source"],
     "config": ["Config", "load_config"],
     "errors": ["AuthError", "BadRequestError", "BadResponseError", "ConfigError", "ContentRefusedError",
@@ -53,11 +53,13 @@ if TYPE_CHECKING:  # pragma: no cover
         SearchResult,
         ask,
         build_index_for,
+        cache_stats,
         chunk_corpus,
         embed,
         evaluate,
         list_models,
         plan,
+        prune_cache,
         search,
     )
     from .config import Config, load_config  # noqa: F401

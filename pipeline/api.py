@@ -1,4 +1,4 @@
-"""API: the public verbs (embed, plan, build_index_for, search, ask, evaluate, list_models, chunk_corpus).
+"""API: the public verbs (embed, plan, build_index_for, search, ask, evaluate, list_models, chunk_corpus, cache_*).
 
 Each verb is a thin call into its stage (run.py, search.py, the answer layer, evaluate.py); the CLI is a
 thin shell over these. Stages that load FAISS are imported inside their verbs, so `embed` starts fast.
@@ -7,7 +7,7 @@ thin shell over these. Stages that load FAISS are imported inside their verbs, s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ from .sources import SourceReport
 
 if TYPE_CHECKING:  # the search, ask, index and evaluation stages load with their verbs (faiss: 50 ms)
     from .answer.records import Answer
+    from .cache import CacheKeyStats, PruneReport
     from .evaluate import EvalReport
     from .filters import SearchFilter
     from .index import IndexReport
@@ -36,11 +37,13 @@ __all__ = [
     "SearchResult",
     "ask",
     "build_index_for",
+    "cache_stats",
     "chunk_corpus",
     "embed",
     "evaluate",
     "list_models",
     "plan",
+    "prune_cache",
     "search",
 ]
 
@@ -149,3 +152,26 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
                            search=search_again, structured=structured, on_delta=on_delta, on_search=on_search)
     finally:
         backend.close()
+
+
+def cache_stats(config: Config) -> list[CacheKeyStats]:
+    """Entries and bytes of the vector cache (config.cache_dir), per model key; read-only."""
+    from .cache import cache_stats as stats
+
+    return stats(config.cache_dir)
+
+
+def prune_cache(config: Config, out_dirs: Iterable[Path] | None = None, *, dry_run: bool = False) -> PruneReport:
+    """Delete cached vectors that no live snapshot of `out_dirs` (default: config.out_dir) uses, then VACUUM.
+
+    Only the model keys of those snapshots are pruned; other keys are left alone (PruneReport.untouched_keys).
+    Raises StoreError when an output directory has no live snapshot.
+    """
+    from .cache import prune_cache as prune
+    from .store import live_content_hashes
+
+    live: dict[str, tuple[int, set[str]]] = {}
+    for out_dir in out_dirs or [config.out_dir]:
+        key, dimension, hashes = live_content_hashes(out_dir)
+        live.setdefault(key, (dimension, set()))[1].update(hashes)
+    return prune(config.cache_dir, live, dry_run=dry_run)

@@ -424,6 +424,59 @@ def models(config_path: Path | None, as_json: bool) -> None:
                    f"{s.dimension or '':>5}  {s.description}{default}")
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The vector cache (raw vectors by model key and content hash, in the cache directory)."""
+
+
+@cache_group.command("stats")
+@config_option
+@json_option
+def cache_stats_command(config_path: Path | None, as_json: bool) -> None:
+    """Entries and bytes of the vector cache, per model key."""
+    config = _config(config_path)
+    from . import api
+
+    stats = api.cache_stats(config)
+    if as_json:
+        _print_json({"cache_dir": str(config.cache_dir), "keys": [asdict(s) for s in stats]})
+        return
+    click.echo(f"vector cache: {config.cache_dir}")
+    for s in stats:
+        note = "  (old Parquet parts: imported when this model next runs)" if s.format != "sqlite" else ""
+        click.echo(f"  {s.key}: {s.entries:,} vectors of dim {s.dimension}, {_mb(s.file_bytes)} on disk{note}")
+    click.echo(f"total: {sum(s.entries for s in stats):,} vectors, {_mb(sum(s.file_bytes for s in stats))}")
+
+
+@cache_group.command("prune")
+@config_option
+@click.option("--out", "out_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory whose live snapshot's vectors are kept (repeatable). Default: the config's "
+                   "out_dir. Only the models of these snapshots are pruned; a --new-index sibling must be given too.")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; delete nothing.")
+@json_option
+def cache_prune_command(config_path: Path | None, out_dirs: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+    """Remove cached vectors that no live snapshot of the given output directories uses, then VACUUM."""
+    config = _config(config_path)
+    from . import api
+
+    report = api.prune_cache(config, list(out_dirs) or None, dry_run=dry_run)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for r in report.results:
+        click.echo(f"{r.key}: {verb} {r.removed:,} vectors ({_mb(r.removed_vector_bytes)}), kept {r.kept:,}; "
+                   f"file {_mb(r.file_bytes_before)} -> {_mb(r.file_bytes_after)}")
+    for key in report.untouched_keys:
+        click.echo(f"{key}: not pruned (no given output directory uses this model)")
+    click.echo(f"{verb} {report.removed:,} vectors, {_mb(report.bytes_freed)} freed")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @config_option

@@ -379,7 +379,7 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
     """Chunk `docs` into `stream`; yield each content hash neither cached nor already asked for."""
     for doc in docs:
         chunks = chunk_document(doc, settings, counter)
-        missing = {c.content_hash for c in chunks if c.content_hash not in cache}
+        missing = cache.missing(list({c.content_hash: None for c in chunks}))  # one lookup a document
         entry = {"content_hash": doc.content_hash, "source_path": doc.source_path}
         new = set(stream.add(doc.doc_id, entry, chunks, missing))
         tally.chunks += len(chunks)

@@ -23,7 +23,7 @@ from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
 from .providers.base import TokenCountingProvider
 from .providers.retry import RetryPolicy
 from .records import ModelSpec
-from .store import Snapshot, VectorCache, current_snapshot, fingerprint_id, remove_stray_files
+from .store import Snapshot, VectorCache, cache_key, current_snapshot, fingerprint_id, remove_stray_files
 from .tokens import CachedCounter, TokenCounter, token_counter_for
 
 __all__ = ["OwnedProvider", "RunContext", "chunk_counter", "locked", "run_spec"]
@@ -122,9 +122,7 @@ class RunContext:
     @property
     def cache_key(self) -> str:
         """Vectors depend on model, endpoint and passage instruction, not on chunking or normalisation."""
-        fp = self.fingerprint
-        return f"{fp['model']}-" + fingerprint_id({k: fp[k] for k in ("model", "provider", "endpoint", "dimension",
-                                                                         "passage_instruction")})
+        return cache_key(self.fingerprint)
 
     def cache(self) -> VectorCache:
         return VectorCache(self.config.cache_dir, self.cache_key, self.spec.dimension, normalize=self.spec.normalize)

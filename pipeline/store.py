@@ -1,8 +1,8 @@
-"""Store: the Parquet files of chunk vectors: snapshots, the CURRENT pointer, the vector cache.
+"""Store: the Parquet files of chunk vectors: snapshots, the CURRENT pointer, the live content hashes.
 
 Knows files, schemas and atomic writes, never providers or FAISS. An output directory holds immutable
-snapshots; CURRENT names the one that serves searches and is switched with an atomic rename. The cache
-keeps raw vectors by (model fingerprint, content hash).
+snapshots; CURRENT names the one that serves searches and is switched with an atomic rename. The vector
+cache (raw vectors by model key and content hash) lives in cache.py and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .cache import VectorCache, normalize_rows
 from .errors import StoreError
 from .records import Chunk
 
@@ -33,11 +33,13 @@ __all__ = [
     "Snapshot",
     "TableWriter",
     "VectorCache",
+    "cache_key",
     "chunk_table",
     "current_snapshot",
     "empty_table",
     "fingerprint_id",
     "iter_vector_batches",
+    "live_content_hashes",
     "live_snapshot",
     "new_snapshot_dir",
     "normalize_rows",
@@ -63,11 +65,31 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def normalize_rows(matrix: np.ndarray) -> np.ndarray:
-    """L2-normalise rows in place (zero rows stay zero) and return the matrix."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    np.divide(matrix, norms, out=matrix, where=norms > 0)
-    return matrix
+def cache_key(fingerprint: dict[str, Any]) -> str:
+    """The vector cache's key for a run fingerprint: vectors depend on model, endpoint and passage
+    instruction, not on chunking or normalisation."""
+    return f"{fingerprint['model']}-" + fingerprint_id({k: fingerprint[k] for k in (
+        "model", "provider", "endpoint", "dimension", "passage_instruction")})
+
+
+def live_content_hashes(out_dir: Path, batch_rows: int = 1 << 16) -> tuple[str, int, set[str]]:
+    """Cache key, dimension and content hashes of out_dir's live snapshot (read in batches, no vectors).
+
+    Raises StoreError when out_dir has no live snapshot or its manifest has no fingerprint.
+    """
+    snap = live_snapshot(out_dir)
+    manifest = snap.manifest()
+    fingerprint = manifest.get("fingerprint")
+    if not isinstance(fingerprint, dict):
+        raise StoreError(f"{snap.manifest_path}: no model fingerprint; cannot tell which cache it uses")
+    try:
+        source = pq.ParquetFile(snap.vectors_path, pre_buffer=False, buffer_size=1 << 20)
+        hashes: set[str] = set()
+        for batch in source.iter_batches(batch_size=batch_rows, columns=["content_hash"]):
+            hashes.update(batch.column(0).to_pylist())
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError) as e:
+        raise StoreError(f"{snap.vectors_path}: cannot read content hashes: {e}") from None
+    return cache_key(fingerprint), int(fingerprint["dimension"]), hashes
 
 
 def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -338,84 +360,3 @@ def iter_vector_batches(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
         raise StoreError(f"{path}: cannot read vectors: {e}") from None
     for batch in source.iter_batches(batch_size=batch_rows, columns=["vector"]):
         yield _matrix(batch.column(0), path)
-
-
-class VectorCache:
-    """Raw vectors by content hash for one model fingerprint, in append-only Parquet parts.
-
-    Each flush is one part file written atomically, so a crash loses at most the unflushed rows and a
-    rerun embeds only what no part holds. Reused across runs and corpora. With normalize=True the
-    files stay raw but reads give unit rows, normalised as each block arrives (in the writer's thread).
-    """
-
-    def __init__(self, root: Path, key: str, dimension: int, *, normalize: bool = False) -> None:
-        self.dir = root / "vectors" / key
-        self.dimension = dimension
-        self.normalize = normalize
-        self._rows: dict[str, int] = {}
-        self._blocks: list[np.ndarray] = []
-        self._starts: list[int] = []  # first row of each block
-        self._size = 0
-        self._lock = threading.Lock()  # put() runs in worker threads while the loop reads
-        self._load()
-
-    def _load(self) -> None:
-        if not self.dir.is_dir():
-            return
-        for part in sorted(self.dir.glob("part-*.parquet")):
-            try:
-                table = pq.read_table(part)
-            except (pa.ArrowInvalid, OSError):
-                continue  # a torn write cannot happen (atomic rename), but a foreign file must not kill a run
-            column = table.column("vector").combine_chunks()
-            if not isinstance(column.type, pa.FixedSizeListType) or column.type.list_size != self.dimension:
-                continue
-            matrix = _matrix(column, part)
-            hashes = table.column("content_hash").to_pylist()
-            self._add(hashes, matrix)
-
-    def _add(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
-        block = np.array(matrix, dtype=np.float32)  # a copy: the caller's matrix stays raw
-        if self.normalize:
-            normalize_rows(block)
-        base = self._size
-        self._blocks.append(block)
-        self._starts.append(base)
-        self._size += len(hashes)
-        for i, h in enumerate(hashes):
-            self._rows[h] = base + i
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, content_hash: str) -> bool:
-        return content_hash in self._rows
-
-    def get_many(self, hashes: Sequence[str]) -> np.ndarray:
-        """Vectors for hashes that are all present, in the given order (a new matrix)."""
-        out = np.empty((len(hashes), self.dimension), np.float32)
-        with self._lock:
-            rows = np.fromiter((self._rows[h] for h in hashes), dtype=np.int64, count=len(hashes))
-            starts = np.asarray(self._starts, dtype=np.int64)
-            blocks = list(self._blocks)
-        # Filled block by block: one pass over the output instead of concatenating every block first.
-        which = np.searchsorted(starts, rows, side="right") - 1
-        order = np.argsort(which, kind="stable")
-        bounds = np.searchsorted(which[order], np.arange(len(blocks) + 1))
-        for b, block in enumerate(blocks):
-            picked = order[bounds[b]:bounds[b + 1]]
-            if len(picked):
-                out[picked] = block[rows[picked] - starts[b]]
-        return out
-
-    def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
-        """Persist a block of vectors (one atomic part file), then make them visible."""
-        if len(hashes) == 0:
-            return
-        if matrix.shape != (len(hashes), self.dimension):
-            raise StoreError(f"cache put: shape {matrix.shape} for {len(hashes)} hashes of dim {self.dimension}")
-        table = pa.table({"content_hash": pa.array(list(hashes), pa.string()), "vector": _vector_array(matrix)})
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.parquet"
-        write_table_atomic(table, self.dir / name)
-        with self._lock:
-            self._add(hashes, matrix)

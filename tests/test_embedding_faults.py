@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -187,12 +188,19 @@ def test_too_many_texts_teaches_the_batch_size(corpus: Path, tmp_path: Path) -> 
     _assert_each_chunk_once(config)
 
 
-def _parts(cache: Path) -> list[Path]:
-    return sorted(cache.glob("vectors/*/part-*.parquet"))
-
-
 def _cached_hashes(cache: Path) -> set[str]:
-    return {h for p in _parts(cache) for h in pq.read_table(p, columns=["content_hash"]).column(0).to_pylist()}
+    """The hashes committed to the vector cache's databases (read-only: the child may still be writing)."""
+    hashes: set[str] = set()
+    for path in cache.glob("vectors/*.sqlite3"):
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                hashes.update(h for (h,) in db.execute("SELECT hash FROM vectors"))
+            finally:
+                db.close()
+        except sqlite3.OperationalError:  # not created yet
+            continue
+    return hashes
 
 
 def test_kill_9_mid_run_then_rerun_sends_only_the_rest(corpus: Path, tmp_path: Path) -> None:
@@ -206,7 +214,7 @@ def test_kill_9_mid_run_then_rerun_sends_only_the_rest(corpus: Path, tmp_path: P
                                   "--model", MODEL, "--config", str(slow), "--batch-size", "6", "--no-index",
                                   "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while len(_parts(cache)) < 3 and child.poll() is None and time.monotonic() < deadline:
+        while len(_cached_hashes(cache)) < 3 * 6 and child.poll() is None and time.monotonic() < deadline:  # 3 batches
             time.sleep(0.005)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
