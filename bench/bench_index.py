@@ -197,6 +197,107 @@ def render(results: list[dict], n: int, dim: int) -> str:
     return "\n".join(lines)
 
 
+CROSSOVER_SIZES = (5_000, 10_000, 20_000, 50_000, 100_000)
+CROSSOVER_TARGET = 0.95
+HARD_EF_SEARCH = 384  # the tuner's choice for 15k real 1024-d chunks (the synthetic data needs far less)
+
+
+def _timed(index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """p50 and p99 (ms) of single-query searches on one thread, after a warm-up pass."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    for q in queries[:20]:
+        index.search(q[None, :], k)
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None, :], k)
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def _tuned(index, name: str, values, queries: np.ndarray, truth: np.ndarray) -> tuple[int, float]:
+    """The smallest value of the search parameter whose recall@10 on held-out queries reaches the target."""
+    import faiss
+
+    from pipeline.index.score import recall_at_k
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    recall = 0.0
+    for value in values:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+        _, found = index.search(queries, 10)
+        recall = recall_at_k(found, truth)
+        if recall >= CROSSOVER_TARGET:
+            return value, recall
+    return values[-1], recall
+
+
+def crossover(dims: list[int], sizes: list[int], n_queries: int) -> list[dict]:
+    """Exact (Flat) vs ANN (HNSW32, IVF-SQ8 as `auto` would build them) single-query latency at recall@10 0.95."""
+    import faiss
+
+    from pipeline.index.score import EF_SEARCH, NPROBE
+    from pipeline.index.select import _nlist
+
+    out = []
+    for dim in dims:
+        gen = SyntheticEmbeddings(dim, 0)
+        queries = gen.chunk(0, n_queries, stream=1)
+        base = np.concatenate([gen.chunk(c, min(GEN_CHUNK, max(sizes) - s)) for c, s in
+                               enumerate(range(0, max(sizes), GEN_CHUNK))])
+        for n in sizes:
+            x = base[:n]
+            flat = faiss.IndexFlatIP(dim)
+            flat.add(x)
+            _, truth = flat.search(queries, 10)
+            row = {"dim": dim, "n": n, "flat": _timed(flat, queries)}
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            started = time.perf_counter()
+            hnsw = faiss.index_factory(dim, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+            hnsw.add(x)
+            build = time.perf_counter() - started
+            ef, recall = _tuned(hnsw, "efSearch", EF_SEARCH, queries, truth)
+            row["hnsw"] = {"param": ef, "recall": recall, "build_s": build, "lat": _timed(hnsw, queries)}
+            hnsw.hnsw.efSearch = HARD_EF_SEARCH  # what real embeddings needed for 0.95 (15k x 1024, efSearch 384)
+            row["hnsw_hard"] = _timed(hnsw, queries)
+            del hnsw
+            nlist = _nlist(n)
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            started = time.perf_counter()
+            ivf = faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+            ivf.train(x[:: max(1, n // (nlist * 40))])
+            ivf.add(x)
+            build = time.perf_counter() - started
+            nprobe, recall = _tuned(ivf, "nprobe", [v for v in NPROBE if v <= nlist], queries, truth)
+            row["ivfsq"] = {"nlist": nlist, "param": nprobe, "recall": recall, "build_s": build,
+                            "lat": _timed(ivf, queries)}
+            del ivf, flat
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+def render_crossover(rows: list[dict], n_queries: int) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}), "
+             f"faiss {__import__('faiss').__version__}, single-threaded search, {n_queries} held-out queries, "
+             f"ANN tuned to the smallest parameter reaching recall@10 {CROSSOVER_TARGET}; other jobs shared the machine.",
+             "",
+             "| dim | n | Flat p50 / p99 (ms) | HNSW32 efSearch | HNSW32 p50 / p99 (ms) | HNSW32 efSearch 384 p50 / p99 "
+             "(ms) | HNSW32 build (s) "
+             "| IVF-SQ8 nlist, nprobe | IVF-SQ8 p50 / p99 (ms) | IVF-SQ8 build (s) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        h, v = r["hnsw"], r["ivfsq"]
+        lines.append(f"| {r['dim']} | {r['n']:,} | {r['flat'][0]:.2f} / {r['flat'][1]:.2f} | {h['param']} "
+                     f"({h['recall']:.3f}) | {h['lat'][0]:.2f} / {h['lat'][1]:.2f} | "
+                     f"{r['hnsw_hard'][0]:.2f} / {r['hnsw_hard'][1]:.2f} | {h['build_s']:.1f} | "
+                     f"{v['nlist']}, {v['param']} ({v['recall']:.3f}) | {v['lat'][0]:.2f} / {v['lat'][1]:.2f} | "
+                     f"{v['build_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -214,7 +315,16 @@ def main() -> None:
     s = sub.add_parser("serve-one")
     s.add_argument("snap", type=Path)
     s.add_argument("data", type=Path)
+    c = sub.add_parser("crossover", help="Exact vs ANN single-query latency by size: where Flat stops paying.")
+    c.add_argument("--dims", default="384,1024")
+    c.add_argument("--sizes", default=",".join(str(n) for n in CROSSOVER_SIZES))
+    c.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
+    if args.cmd == "crossover":
+        rows = crossover([int(d) for d in args.dims.split(",")], [int(n) for n in args.sizes.split(",")],
+                         args.queries)
+        print(render_crossover(rows, args.queries))
+        return
     if args.cmd == "build-one":
         print(json.dumps(build_one(args.snap, args.kind, args.budget), default=str))
         return
