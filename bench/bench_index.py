@@ -197,6 +197,197 @@ def render(results: list[dict], n: int, dim: int) -> str:
     return "\n".join(lines)
 
 
+CROSSOVER_SIZES = (5_000, 10_000, 20_000, 50_000, 100_000)
+CROSSOVER_TARGET = 0.95
+HARD_EF_SEARCH = 384  # the tuner's choice for 15k real 1024-d chunks (the synthetic data needs far less)
+
+
+def _timed(index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """p50 and p99 (ms) of single-query searches on one thread, after a warm-up pass."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    for q in queries[:20]:
+        index.search(q[None, :], k)
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None, :], k)
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def _tuned(index, name: str, values, queries: np.ndarray, truth: np.ndarray) -> tuple[int, float]:
+    """The smallest value of the search parameter whose recall@10 on held-out queries reaches the target."""
+    import faiss
+
+    from pipeline.index.score import recall_at_k
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    recall = 0.0
+    for value in values:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+        _, found = index.search(queries, 10)
+        recall = recall_at_k(found, truth)
+        if recall >= CROSSOVER_TARGET:
+            return value, recall
+    return values[-1], recall
+
+
+def crossover(dims: list[int], sizes: list[int], n_queries: int) -> list[dict]:
+    """Exact (Flat) vs ANN (HNSW32, IVF-SQ8 as `auto` would build them) single-query latency at recall@10 0.95."""
+    import faiss
+
+    from pipeline.index.score import EF_SEARCH, NPROBE
+    from pipeline.index.select import _nlist
+
+    out = []
+    for dim in dims:
+        gen = SyntheticEmbeddings(dim, 0)
+        queries = gen.chunk(0, n_queries, stream=1)
+        base = np.concatenate([gen.chunk(c, min(GEN_CHUNK, max(sizes) - s)) for c, s in
+                               enumerate(range(0, max(sizes), GEN_CHUNK))])
+        for n in sizes:
+            x = base[:n]
+            flat = faiss.IndexFlatIP(dim)
+            flat.add(x)
+            _, truth = flat.search(queries, 10)
+            row = {"dim": dim, "n": n, "flat": _timed(flat, queries)}
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            started = time.perf_counter()
+            hnsw = faiss.index_factory(dim, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+            hnsw.add(x)
+            build = time.perf_counter() - started
+            ef, recall = _tuned(hnsw, "efSearch", EF_SEARCH, queries, truth)
+            row["hnsw"] = {"param": ef, "recall": recall, "build_s": build, "lat": _timed(hnsw, queries)}
+            hnsw.hnsw.efSearch = HARD_EF_SEARCH  # what real embeddings needed for 0.95 (15k x 1024, efSearch 384)
+            row["hnsw_hard"] = _timed(hnsw, queries)
+            del hnsw
+            nlist = _nlist(n)
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            started = time.perf_counter()
+            ivf = faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+            ivf.train(x[:: max(1, n // (nlist * 40))])
+            ivf.add(x)
+            build = time.perf_counter() - started
+            nprobe, recall = _tuned(ivf, "nprobe", [v for v in NPROBE if v <= nlist], queries, truth)
+            row["ivfsq"] = {"nlist": nlist, "param": nprobe, "recall": recall, "build_s": build,
+                            "lat": _timed(ivf, queries)}
+            del ivf, flat
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+def render_crossover(rows: list[dict], n_queries: int) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}), "
+             f"faiss {__import__('faiss').__version__}, single-threaded search, {n_queries} held-out queries, "
+             f"ANN tuned to the smallest parameter reaching recall@10 {CROSSOVER_TARGET}; other jobs shared the machine.",
+             "",
+             "| dim | n | Flat p50 / p99 (ms) | HNSW32 efSearch | HNSW32 p50 / p99 (ms) | HNSW32 efSearch 384 p50 / p99 "
+             "(ms) | HNSW32 build (s) "
+             "| IVF-SQ8 nlist, nprobe | IVF-SQ8 p50 / p99 (ms) | IVF-SQ8 build (s) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        h, v = r["hnsw"], r["ivfsq"]
+        lines.append(f"| {r['dim']} | {r['n']:,} | {r['flat'][0]:.2f} / {r['flat'][1]:.2f} | {h['param']} "
+                     f"({h['recall']:.3f}) | {h['lat'][0]:.2f} / {h['lat'][1]:.2f} | "
+                     f"{r['hnsw_hard'][0]:.2f} / {r['hnsw_hard'][1]:.2f} | {h['build_s']:.1f} | "
+                     f"{v['nlist']}, {v['param']} ({v['recall']:.3f}) | {v['lat'][0]:.2f} / {v['lat'][1]:.2f} | "
+                     f"{v['build_s']:.1f} |")
+    return "\n".join(lines)
+
+
+UPDATE_SIZES = (10_000, 100_000)
+UPDATE_WORDS = 150  # words a chunk: BM25's tokenising cost grows with them (real chunks: ~150-250)
+
+
+def _update_snapshot(work: Path, name: str, gen, docs: dict[int, tuple[int, int]], texts: list[str], meta: dict):
+    """A snapshot of docs (doc -> (version, vector row of the generator)), written by the store's writer."""
+    from pipeline.records import Chunk
+    from pipeline.store import Snapshot, chunk_table, write_table_atomic
+
+    snap = Snapshot(work / name)
+    snap.path.mkdir(parents=True, exist_ok=True)
+    order = sorted(docs)
+    rows = np.array([docs[d][1] for d in order])
+    matrix = np.concatenate([gen.chunk(c, GEN_CHUNK) for c in range(rows.max() // GEN_CHUNK + 1)])[rows]
+    chunks = [Chunk(chunk_id=f"d{d}:0", doc_id=f"d{d}", source_path=f"docs/{d}.txt", chunk_index=0, char_start=0,
+                    char_end=len(texts[docs[d][1]]), text=texts[docs[d][1]], token_count=UPDATE_WORDS,
+                    content_hash=f"{d}v{docs[d][0]}", doc_type="txt") for d in order]
+    write_table_atomic(chunk_table(chunks, matrix, meta), snap.vectors_path)
+    return snap
+
+
+def update_bench(sizes: list[int], dim: int, kinds: list[str], work: Path, changed: float = 0.01) -> list[dict]:
+    """Full build vs update_index of a second snapshot where `changed` of the rows differ: 60% of them edited
+    (same chunk id, new text and vector), 20% removed, 20% added between existing documents."""
+    import shutil
+
+    from pipeline.index import build_index, update_index
+    from pipeline.store import Snapshot
+
+    out = []
+    for n in sizes:
+        gen = SyntheticEmbeddings(dim, 0)
+        rng = np.random.default_rng(n)
+        extra = int(n * changed) + 1
+        vocab = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(3, 10))) for _ in range(20_000)]
+        words = rng.zipf(1.3, size=(n + extra, UPDATE_WORDS)) % len(vocab)
+        texts = [" ".join(vocab[w] for w in row) for row in words]
+        meta = {"model": "synthetic", "dimension": dim, "normalize": True,
+                "fingerprint": {"model": "synthetic", "dimension": dim}}
+        base = work / f"update-{n}x{dim}"
+        shutil.rmtree(base, ignore_errors=True)
+        first = {2 * d: (0, d) for d in range(n)}
+        second = dict(first)
+        picked = rng.permutation(n)[:extra]
+        n_edit, n_remove = int(0.6 * extra), int(0.2 * extra)
+        for i, d in enumerate(picked[:n_edit]):
+            second[2 * int(d)] = (1, n + i)  # a new text and vector under the same chunk id
+        for d in picked[n_edit:n_edit + n_remove]:
+            del second[2 * int(d)]
+        for i, d in enumerate(picked[n_edit + n_remove:]):
+            second[2 * int(d) + 1] = (0, n + n_edit + i)
+        started = time.perf_counter()
+        a = _update_snapshot(base, "a", gen, first, texts, meta)
+        b = _update_snapshot(base, "b", gen, second, texts, meta)
+        print(f"  {n:,} x {dim}: snapshots written in {time.perf_counter() - started:.0f} s", flush=True)
+        for kind in kinds:
+            prev = Snapshot(base / f"{kind}-prev")
+            fresh = Snapshot(base / f"{kind}-fresh")
+            updated = Snapshot(base / f"{kind}-updated")
+            for snap, src in ((prev, a), (fresh, b), (updated, b)):
+                snap.path.mkdir(parents=True, exist_ok=True)
+                os.link(src.vectors_path, snap.vectors_path)
+            build_index(prev, index_type=kind)
+            full = build_index(fresh, index_type=kind)
+            upd = update_index(prev, updated, index_type=kind)
+            row = {"n": n, "dim": dim, "kind": kind, "changed": changed, "factory": full.factory,
+                   "full_s": full.build_seconds, "full_steps": full.seconds, "update_s": upd.build_seconds,
+                   "update_steps": upd.seconds, "mode": upd.mode, "mode_reason": upd.mode_reason,
+                   "added": upd.added, "removed": upd.removed}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+def _steps(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if v >= 0.05)
+
+
+def render_update(rows: list[dict]) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}); other jobs "
+             "shared the machine.", "",
+             "| n x dim | --index-type | index | full build (s) | update_index (s) | update mode | removed / added |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['n']:,} x {r['dim']} | {r['kind']} | `{r['factory']}` | {r['full_s']:.1f} "
+                     f"({_steps(r['full_steps'])}) | {r['update_s']:.1f} ({_steps(r['update_steps'])}) | "
+                     f"{r['mode']} | {r['removed']} / {r['added']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -214,7 +405,23 @@ def main() -> None:
     s = sub.add_parser("serve-one")
     s.add_argument("snap", type=Path)
     s.add_argument("data", type=Path)
+    c = sub.add_parser("crossover", help="Exact vs ANN single-query latency by size: where Flat stops paying.")
+    c.add_argument("--dims", default="384,1024")
+    c.add_argument("--sizes", default=",".join(str(n) for n in CROSSOVER_SIZES))
+    c.add_argument("--queries", type=int, default=300)
+    u = sub.add_parser("update", help="Full build vs update_index after 1% of the rows changed.")
+    u.add_argument("--sizes", default=",".join(str(n) for n in UPDATE_SIZES))
+    u.add_argument("--kinds", default="flat,auto")
     args = parser.parse_args()
+    if args.cmd == "update":
+        rows = update_bench([int(n) for n in args.sizes.split(",")], args.dim, args.kinds.split(","), args.work)
+        print(render_update(rows))
+        return
+    if args.cmd == "crossover":
+        rows = crossover([int(d) for d in args.dims.split(",")], [int(n) for n in args.sizes.split(",")],
+                         args.queries)
+        print(render_crossover(rows, args.queries))
+        return
     if args.cmd == "build-one":
         print(json.dumps(build_one(args.snap, args.kind, args.budget), default=str))
         return

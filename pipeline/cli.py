@@ -193,8 +193,11 @@ def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None,
             click.echo(f"failed: {reason}", err=True)
         if report.index:
             ix = report.index
-            click.echo(f"index: {ix['factory']} over {ix['vectors']} vectors, recall@10 {ix['recall_at_10']:.3f}, "
-                       f"p50 {ix['latency_p50_ms']:.2f} ms -> {report.out_dir}", err=True)
+            how = ix.get("mode", "built")
+            why = f" ({ix['mode_reason']})" if how == "rebuilt" and ix.get("mode_reason") else ""
+            change = f", +{ix.get('added', 0)} -{ix.get('removed', 0)}" if how == "updated" else ""
+            click.echo(f"index {how}{why}: {ix['factory']} over {ix['vectors']} vectors{change}, recall@10 "
+                       f"{ix['recall_at_10']:.3f}, p50 {ix['latency_p50_ms']:.2f} ms -> {report.out_dir}", err=True)
         click.echo(report.summary())
     if report.exit_code == api.EXIT_NOTHING_EMBEDDED:
         click.echo(f"error: nothing could be embedded ({report.failed_chunks} chunks failed): "

@@ -268,7 +268,7 @@ def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, 
     report.chunks = report.vectors = rows
     if build and rows:
         index_started = time.perf_counter()
-        report.index = asdict(_build(config, snap, progress))
+        report.index = asdict(_update_index(config, ctx.previous, snap, progress))
         report.index_seconds = time.perf_counter() - index_started
     _crash_point("before_publish")
     publish_snapshot(out_dir, snap, previous=ctx.previous)
@@ -353,17 +353,23 @@ def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
     return report
 
 
-def _row_count(snap: Snapshot) -> int:
-
-    return row_count(snap.vectors_path)
-
-
 def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
+    """A full build of snap's index (`pipeline index`)."""
     from .index import build_index
 
     return build_index(snap, index_type=config.index.index_type,
                        memory_budget_bytes=config.index.memory_budget_bytes,
-                       target_recall=config.index.target_recall, progress=progress("index", _row_count(snap)))
+                       target_recall=config.index.target_recall,
+                       progress=progress("index", row_count(snap.vectors_path)))
+
+
+def _update_index(config: Config, previous: Snapshot | None, snap: Snapshot, progress: Progress) -> IndexReport:
+    """snap's index from previous's, updated in place when the index type allows it; the report says which."""
+    from .index import update_index
+
+    return update_index(previous, snap, index_type=config.index.index_type,
+                        memory_budget_bytes=config.index.memory_budget_bytes,
+                        target_recall=config.index.target_recall, progress=progress("index", None))
 
 
 @dataclass

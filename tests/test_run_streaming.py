@@ -89,3 +89,16 @@ def test_a_file_with_a_failed_document_is_read_again(tmp_path: Path, config_for)
     second = api.embed(config, build=False)
     assert second.unread == 1 and second.failed_chunks == 0
     assert "notes.jsonl#bad" in _manifest(config.out_dir)["documents"]
+
+
+def test_a_reindex_updates_the_live_index_in_place_and_says_so(tiny_corpus: Path, config_for) -> None:
+    config = config_for(tiny_corpus)
+    first = api.embed(config)
+    assert first.index["mode"] == "rebuilt" and "no previous" in first.index["mode_reason"]
+    (tiny_corpus / "en" / "new.md").write_text("# Tomatoes\n\nTomatoes need sun, water and support.\n",
+                                               encoding="utf-8")
+    second = api.embed(config)
+    assert second.index["mode"] == "updated", second.index.get("mode_reason")
+    assert second.index["added"] >= 1 and second.index["vectors"] == second.vectors
+    hits = api.search(config, "what do tomatoes need", k=1).hits
+    assert hits[0].source_path == "en/new.md"

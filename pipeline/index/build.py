@@ -27,6 +27,7 @@ from ..errors import IndexBuildError, StoreError
 from ..store import META_KEY, Snapshot, iter_vector_batches
 from .bm25 import Bm25Index
 from .files import copy_rows, index_file_bytes, read_index_rows, save_bm25, save_faiss, save_meta
+from .ids import ID_LAYOUT, with_row_ids
 from .score import ExactTopK, latency_ms, single_thread, tune_search_param
 from .select import read_batch_rows, select_index
 
@@ -67,6 +68,15 @@ class IndexReport:
     build_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)  # per step: sample, train, add, tune, save, bm25
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # How this index came to be: "built" (build_index), "updated" in place or "rebuilt" (update_index), and why
+    mode: str = "built"
+    mode_reason: str = ""
+    id_layout: str = ID_LAYOUT  # FAISS id = row of rows.arrow; indexes without it predate in-place updates
+    built_vectors: int = 0  # vectors at the last full build: the base of the drift update_index measures
+    added_since_build: int = 0  # vectors added by in-place updates since then
+    removed_since_build: int = 0  # vectors removed by them
+    added: int = 0  # by this update
+    removed: int = 0
 
 
 def _sample(path: Path, batch_rows: int, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -198,6 +208,7 @@ def build_index(
         p50, p95 = latency_ms(index, queries[:LATENCY_QUERIES], RECALL_K)
 
     with timer.step("save"):
+        index = with_row_ids(index)  # exact indexes get an id map, so updates can remove and renumber
         index_bytes = save_faiss(index, snap.index_dir)
         del index  # the lexical index is built after the vectors' index is gone from memory
         _release_memory()
@@ -216,7 +227,7 @@ def build_index(
         estimated_bytes=choice.estimated_bytes, estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes,
         file_bytes=index_file_bytes(snap.index_dir),
         peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - started, 3),
-        seconds=timer.seconds, fingerprint=vec_meta.get("fingerprint", {}),
+        seconds=timer.seconds, fingerprint=vec_meta.get("fingerprint", {}), built_vectors=n,
     )
     save_meta(asdict(report), snap.index_dir)
     return report

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 __all__ = ["KINDS", "IndexChoice", "candidate_indexes", "parse_factory", "read_batch_rows", "select_index"]
 
 KINDS = ("flat", "hnsw", "ivfsq", "ivf", "ivfpq")  # auto's order of preference
-# n*dim below this: one exact single-threaded search takes a few ms here (~3.5 G multiply-adds/s a core).
-FLAT_MAX_FLOPS = 10_000_000
+# Exact below this: measured (bench/index.md, "Exact or approximate"), one exact single-threaded query scans
+# ~5.9 G multiply-adds/s here, so its p50 is n*dim / EXACT_MACS_PER_MS. A graph at the target recall answers
+# in 0.07-0.2 ms on easy data and ~0.9 ms (1024-d) at efSearch 384, what real chunks needed: the ANN is
+# faster from ~5k vectors (1024-d) or ~7.5k (384-d). Exact is kept while its p50 stays under FLAT_MAX_MS
+# anyway: it needs no build or tuning, has recall 1.0 and is updated in place (update.py) where a graph
+# is rebuilt. 2 ms: 11.5k x 1024, 30k x 384, 4.6k x 2560.
+EXACT_MACS_PER_MS = 5_900_000
+FLAT_MAX_MS = 2.0
+FLAT_MAX_FLOPS = int(FLAT_MAX_MS * EXACT_MACS_PER_MS)
 HNSW_M = 32
 # Graph construction costs ~10 min for 1M x 1024 on 2 cores, and measured there (bench/index.md) the graph
 # lost more recall on held-out queries than 8-bit inverted lists did, at 3x their memory: lists beyond this.
@@ -166,7 +173,8 @@ def candidate_indexes(n: int, dim: int, budget_bytes: int) -> list[IndexChoice]:
     out: list[IndexChoice] = []
     flat = parse_factory("Flat", n, dim)
     if n * dim <= FLAT_MAX_FLOPS and flat.peak_bytes <= budget_bytes:
-        out.append(_with_reason(flat, f"{n} x {dim}: exact search is cheap at this size ({_mib(flat.estimated_bytes)})"))
+        out.append(_with_reason(flat, f"{n} x {dim}: exact search is cheap at this size (~{n * dim / EXACT_MACS_PER_MS:.1f}"
+                                      f" ms a query, {_mib(flat.estimated_bytes)}), needs no build and updates in place"))
     hnsw = parse_factory(f"HNSW{HNSW_M},Flat", n, dim)
     if n <= HNSW_MAX_VECTORS and hnsw.peak_bytes <= budget_bytes:
         out.append(_with_reason(hnsw, f"{n} vectors fit the budget as a graph ({_mib(hnsw.estimated_bytes)}): "
