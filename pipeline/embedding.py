@@ -257,7 +257,7 @@ class _Run:
             if self.pending and (full or not self.feeding):
                 self.busy += 1
                 trial = self.sizer.next_trial(self._rate_bound())
-                if trial and len(self.pending) >= trial:
+                if trial and len(self.pending) >= 2 * trial:  # a refused trial's texts never end up last
                     batch = self._cut(trial)
                     if len(batch) == trial:  # (a token cap may cut it short: then it tests nothing)
                         self.sizer.trial, self._trial = trial, batch
@@ -404,7 +404,7 @@ class _Run:
         return min(self.backoff_max_s, base * random.uniform(0.5, 1.5))
 
     async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
-        slot = await self.concurrency.acquire(first=bool(seen))
+        slot = await self.concurrency.acquire(first=bool(seen) or batch is self._trial)  # a trial: soon
         try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
                 raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)

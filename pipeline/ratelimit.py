@@ -96,8 +96,9 @@ class BatchSizer:
     request at a time carries a larger `trial` batch while the others keep to the limit; it succeeds
     (the limit rises to it) or draws a 413 (it becomes `bad`, the limit stays). With no refusal known,
     a trial doubles the limit up to `ceiling`, and only while the caller says the request rate binds;
-    between `good` and `bad` it goes a quarter of the way up from `good` (caps are often just above a
-    size that passed), so the search ends at bad = good + 1 and never tests a refused size again.
+    between `good` and `bad` it goes halfway, or a quarter of the way after a refused trial (the cap is
+    then likely nearer `good`: 200 refused above 100 tests 125, 106, 101, not 150, 125, 112, 106, 103,
+    101), so the search ends at bad = good + 1 and never tests a refused size again.
     A size refused at or below `good` contradicts a count limit, so that evidence is dropped. A single
     text refused shows the 413s came from one over-long text, not the count: reset() forgets everything.
     """
@@ -109,6 +110,7 @@ class BatchSizer:
     bad: int = 0  # 0: no refusal known
     refusals: int = 0
     trial: int = 0  # size a request is testing alongside the others; 0: none
+    last_refused: bool = False  # the last trial drew a 413
 
     def __post_init__(self) -> None:
         self.start = max(1, self.start)
@@ -121,7 +123,7 @@ class BatchSizer:
             return
         self.refusals += 1
         if n == self.trial:
-            self.trial = 0
+            self.trial, self.last_refused = 0, True
         if self.bad and n >= self.bad:
             return  # nothing new: sent before the limit came down
         if n <= self.good:
@@ -133,7 +135,7 @@ class BatchSizer:
         """A batch of n texts went through."""
         self.good = max(self.good, n)
         if n == self.trial:
-            self.trial = 0
+            self.trial, self.last_refused = 0, False
         if self.good > self.limit and not (self.bad and self.good >= self.bad):
             self.limit = self.good
 
@@ -149,7 +151,7 @@ class BatchSizer:
         if self.bad:
             if self.bad - self.good <= 1:
                 return 0  # settled: the server's cap is known exactly
-            size = self.good + max(1, (self.bad - self.good) // 4)
+            size = self.good + max(1, (self.bad - self.good) // (4 if self.last_refused else 2))
         elif rate_bound:
             size = math.ceil(self.limit * GROWTH_FACTOR)
         else:

@@ -283,7 +283,8 @@ def test_batch_sizer_finds_the_server_cap_by_binary_search() -> None:
     sizer = BatchSizer(100)
     cap, refusals = 20, 0
     for _ in range(20):
-        size = sizer.next_trial(rate_bound=False) or sizer.limit  # the search up from 12 needs no rate limit
+        size = sizer.trial = sizer.next_trial(rate_bound=False)  # the search up from 12 needs no rate limit
+        size = size or sizer.limit
         if size > cap:
             sizer.too_large(size)
             refusals += 1
