@@ -328,7 +328,7 @@ class _Run:
     async def _process(self, batch: list[EmbedItem]) -> None:
         try:
             try:
-                matrix = await self._request(batch)  # may trim `batch` to a size learned meanwhile
+                matrix = await self._request(batch, queued=True)  # may resize `batch` to a size learned meanwhile
             except RequestTooLargeError:
                 if len(batch) > 1:  # too many texts (or tokens) per request: recut these at the learned size
                     self._push_back(batch)
@@ -366,10 +366,11 @@ class _Run:
         self.pending_tokens = 0
         self._wake()
 
-    async def _request(self, batch: list[EmbedItem]) -> np.ndarray:
+    async def _request(self, batch: list[EmbedItem], *, queued: bool = False) -> np.ndarray:
         """One API call under the limits, retried with backoff; a 413 surfaces as RequestTooLargeError.
 
-        Just before each send, a batch cut before the server taught a smaller size gives its excess back.
+        Just before each send, a batch cut before the server taught a smaller size gives its excess back,
+        and a `queued` one (cut from the queue, not a piece of a long text) cut before the size grew fills up.
         """
         seen: Counter[str] = Counter()  # this batch's failures ("error") and 429s ("rate")
         max_rate_limited = self.cfg.max_attempts * RATE_LIMIT_ATTEMPTS_FACTOR
@@ -388,7 +389,7 @@ class _Run:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.stats.retries += 1
-                return await self._attempt(batch, seen)
+                return await self._attempt(batch, seen, queued)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff_s(self) -> float:
@@ -403,7 +404,7 @@ class _Run:
         base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(streak - 1, 60))
         return min(self.backoff_max_s, base * random.uniform(0.5, 1.5))
 
-    async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
+    async def _attempt(self, batch: list[EmbedItem], seen: Counter[str], queued: bool) -> np.ndarray:
         slot = await self.concurrency.acquire(first=bool(seen) or batch is self._trial)  # a trial: soon
         try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
@@ -418,6 +419,8 @@ class _Run:
                     self._push_back(batch[allowed:])
                     del batch[allowed:]
                     self._wake()
+                elif queued and len(batch) < allowed:
+                    self._top_up(batch, allowed)  # cut before the size grew: it leaves full
                 texts = [item.text for item in batch]
                 await self._pace(sum(item.tokens for item in batch))
                 sent_at = time.monotonic()
@@ -460,6 +463,16 @@ class _Run:
                     self._wake()
         finally:
             slot.release()
+
+    def _top_up(self, batch: list[EmbedItem], size: int) -> None:
+        tokens = sum(item.tokens for item in batch)
+        while self.pending and len(batch) < size:
+            item = self.pending[0]
+            if self.max_tokens and tokens + item.tokens > self.max_tokens:
+                break
+            batch.append(self.pending.popleft())
+            self.pending_tokens -= item.tokens
+            tokens += item.tokens
 
     async def _await_probe(self) -> bool:
         """While a 413-taught batch size is unproven, one request tests it and the others wait for it.

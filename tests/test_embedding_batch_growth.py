@@ -23,7 +23,8 @@ from pipeline.store import current_snapshot
 
 MODEL = "Embeddings"
 PASSAGES = 3000
-_WORDS = "the river city model vector server request batch token answer green quiet market paper window".split()
+_WORDS = ["the", "river", "city", "model", "vector", "server", "request", "batch", "token", "answer", "green",
+          "quiet", "market", "paper", "window"]
 
 
 @pytest.fixture(scope="module")
