@@ -284,7 +284,7 @@ def main() -> None:
     for name in args.profiles.split(","):
         case = CASES[name]
         if args.seconds:
-            n = round(case.ceiling * args.seconds / CHUNKS_PER_PASSAGE[case.model])
+            n = 2 * round(case.ceiling * args.seconds / CHUNKS_PER_PASSAGE[case.model] / 2)  # even: half English
             corpus = naive_corpus = write_corpus(args.work / f"corpus-{n}.jsonl", n)
         for _ in range(args.repeat):
             rows.append(run_case(case, corpus, args.work, variant="ours", index=args.index, expected=expected))
