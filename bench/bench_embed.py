@@ -3,7 +3,7 @@
 Bench-only. Each run starts the emulator in its own process, runs the CLI with a fresh cache, checks that
 every chunk holds exactly the emulator's vector once, and accounts the machine's CPU (ours, the emulator's,
 everyone else's). Also simulates the scheduler alone (no CPU work) against the same server rules.
-Usage: .venv/bin/python bench/bench_embed.py [--profiles P1,P2,P3] [--naive-passages N]
+Usage: .venv/bin/python bench/bench_embed.py [--profiles P1,P2,P3,G50,G] [--seconds S | --passages N] [--naive-passages N]
 Results: printed as Markdown, raw rows in WORK/embed-results.json; bench/embed.md is written by hand from them.
 """
 
@@ -68,7 +68,13 @@ CASES = {
     "P3": Case("P3", "EmbeddingsGigaR", replace(_P1, error_rate=0.05, token_ttl_s=30), 100,
                "EmbeddingsGigaR 2560-d, 5% 500s, token 30 s; --batch-size 100 (the registry says 50)",
                ("--batch-size", "100")),
+    # Batch growth (issue "Any corpus size on one machine"): the registry starts EmbeddingsGigaR at 50 texts.
+    "G50": Case("G50", "EmbeddingsGigaR", _P1, 100, "as P1 but EmbeddingsGigaR 2560-d, --batch-size 50: the "
+                "registry's 50 held fixed (before growth)", ("--batch-size", "50")),
+    "G": Case("G", "EmbeddingsGigaR", _P1, 100, "as G50 without --batch-size: starts at the registry's 50 and "
+              "grows while the rate binds"),
 }
+CHUNKS_PER_PASSAGE = {"Embeddings": 37_574 / 20_000, "EmbeddingsGigaR": 1.0}  # bench/embed.md, this corpus
 
 def _expected_chunks(model: str, corpus: Path, cache: dict[tuple[str, Path], list[str]]) -> list[str]:
     if (model, corpus) not in cache:
@@ -215,7 +221,7 @@ class _SimProvider:
 
 def simulate(case: Case, texts: int, requests_per_minute: float = 0.0) -> dict[str, Any]:
     server = _SimServer(case)
-    start = int(case.cli_args[1]) if case.cli_args else 100
+    start = int(case.cli_args[1]) if case.cli_args else 50 if case.model == "EmbeddingsGigaR" else 100
 
     async def run() -> Any:
         async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
@@ -255,6 +261,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", default="P1,P2,P3")
     parser.add_argument("--passages", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="instead of --passages: each profile's corpus takes this long at its ceiling")
     parser.add_argument("--naive-passages", type=int, default=20_000,
                         help="passages for the naive baseline (slow; its texts/s hardly depends on size)")
     parser.add_argument("--no-naive", action="store_true")
@@ -275,12 +283,15 @@ def main() -> None:
     expected: dict[tuple[str, Path], list[str]] = {}
     for name in args.profiles.split(","):
         case = CASES[name]
+        if args.seconds:
+            n = 2 * round(case.ceiling * args.seconds / CHUNKS_PER_PASSAGE[case.model] / 2)  # even: half English
+            corpus = naive_corpus = write_corpus(args.work / f"corpus-{n}.jsonl", n)
         for _ in range(args.repeat):
             rows.append(run_case(case, corpus, args.work, variant="ours", index=args.index, expected=expected))
         if not args.no_naive:
             rows.append(run_case(case, naive_corpus, args.work, variant="naive", index=args.index, expected=expected))
         if not args.no_simulate:
-            n = rows[0]["chunks"] if case.model == "Embeddings" else 20_000
+            n = rows[-1]["chunks"]
             sims += [simulate(case, n), simulate(case, n, requests_per_minute=60 * case.profile.rps)]
     print(_table(rows))
     (args.work / "embed-results.json").write_text(json.dumps({"runs": rows, "simulated": sims}, indent=1),

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .providers.base import EmbeddingProvider
 from .providers.retry import explain_retry_after, usable_retry_after
-from .ratelimit import BatchSizer, RequestPacer
+from .ratelimit import BatchSizer, RequestPacer, batch_ceiling
 from .records import ModelSpec
 
 __all__ = ["AdaptiveConcurrency", "EmbedItem", "EmbedStats", "Slot", "embed_items", "plan_batches"]
@@ -46,6 +46,7 @@ RATE_LIMIT_ATTEMPTS_FACTOR = 5  # a batch may meet 5x max_attempts 429s: they co
 ABORT_AFTER_FAILED_BATCHES = 5  # this many batches failing in a row, none succeeding: stop spending
 FEED_CHUNK = 64  # items handed from the producer thread to the event loop at a time
 SPARE_WORKERS = 2.0  # workers per in-flight slot: one waits out a backoff while another sends
+RATE_BOUND_WINDOW_S = 2.0  # the request rate binds if the pacer held a request back this recently
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,11 @@ class _Run:
         self.produced = 0  # items the producer thread has handed over; it waits while too many are not done
         self._room = threading.Event()
         self.stats = EmbedStats()
-        self.sizer = BatchSizer(cfg.batch_size or spec.max_batch_texts)
+        # A configured batch_size is the size: no growth (a 413 still teaches a smaller one, or nothing gets in).
+        start = cfg.batch_size or spec.max_batch_texts
+        ceiling = 0 if cfg.batch_size else batch_ceiling(start, spec.dimension, spec.max_input_tokens,
+                                                         spec.max_batch_tokens)
+        self.sizer = BatchSizer(start, ceiling)
         self.max_tokens = spec.max_batch_tokens
         # A local model is CPU-bound and threads itself: parallel batches would only queue on its lock.
         limit = min(cfg.concurrency, spec.max_concurrency) if spec.max_concurrency else cfg.concurrency
@@ -202,6 +207,9 @@ class _Run:
         self.busy = 0  # batches taken from the queue and not yet finished
         self.failed_in_a_row = 0
         self._probing = False  # a request is testing a batch size a 413 taught
+        self._trial: list[EmbedItem] | None = None  # the batch testing a larger size, if one is out
+        self._paced_at = -math.inf  # when the request rate last held a request back (pacer wait, Retry-After)
+        self._tokens_bound_at = -math.inf  # when tokens_per_minute last held a request back
         self._waiters: list[asyncio.Future[None]] = []
 
     # -- the queue
@@ -251,6 +259,12 @@ class _Run:
             full = len(self.pending) >= limit or bool(self.max_tokens and self.pending_tokens >= self.max_tokens)
             if self.pending and (full or not self.feeding):
                 self.busy += 1
+                trial = self.sizer.next_trial(self._rate_bound())
+                if trial and len(self.pending) >= 2 * trial:  # a refused trial's texts never end up last
+                    batch = self._cut(trial)
+                    if len(batch) == trial:  # (a token cap may cut it short: then it tests nothing)
+                        self.sizer.trial, self._trial = trial, batch
+                    return batch
                 return self._cut(limit)
             if not self.feeding and not self.pending and not self.busy:
                 return None
@@ -298,6 +312,11 @@ class _Run:
             self._wake()
             log.debug("feed done: %d queued, %d embedded", len(self.pending), self.stats.texts)
 
+    def _rate_bound(self) -> bool:
+        """The request rate (configured, or a rate limiter's 429s) is what holds requests back, not tokens."""
+        now = time.monotonic()
+        return now - self._paced_at < RATE_BOUND_WINDOW_S and now - self._tokens_bound_at >= RATE_BOUND_WINDOW_S
+
     async def report(self, every_s: float = 2.0) -> None:
         """Log the scheduler's state now and then (at -vv): where a slow run loses its time."""
         while True:
@@ -314,13 +333,16 @@ class _Run:
             try:
                 await self._process(batch)
             finally:
+                if batch is self._trial:
+                    self._trial = None
+                    self.sizer.abandon(len(batch))  # (no-op unless it ended without an answer on its size)
                 self.busy -= 1
                 self._wake()
 
     async def _process(self, batch: list[EmbedItem]) -> None:
         try:
             try:
-                matrix = await self._request(batch)  # may trim `batch` to a size learned meanwhile
+                matrix = await self._request(batch, queued=True)  # may resize `batch` to a size learned meanwhile
             except RequestTooLargeError:
                 if len(batch) > 1:  # too many texts (or tokens) per request: recut these at the learned size
                     self._push_back(batch)
@@ -364,10 +386,11 @@ class _Run:
         self.pending_tokens = 0
         self._wake()
 
-    async def _request(self, batch: list[EmbedItem]) -> np.ndarray:
+    async def _request(self, batch: list[EmbedItem], *, queued: bool = False) -> np.ndarray:
         """One API call under the limits, retried with backoff; a 413 surfaces as RequestTooLargeError.
 
-        Just before each send, a batch cut before the server taught a smaller size gives its excess back.
+        Just before each send, a batch cut before the server taught a smaller size gives its excess back,
+        and a `queued` one (cut from the queue, not a piece of a long text) cut before the size grew fills up.
         """
         seen: Counter[str] = Counter()  # this batch's failures ("error") and 429s ("rate")
         max_rate_limited = self.cfg.max_attempts * RATE_LIMIT_ATTEMPTS_FACTOR
@@ -386,7 +409,7 @@ class _Run:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.stats.retries += 1
-                return await self._attempt(batch, seen)
+                return await self._attempt(batch, seen, queued)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff_s(self) -> float:
@@ -401,17 +424,23 @@ class _Run:
         base = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(streak - 1, 60))
         return min(self.backoff_max_s, base * random.uniform(0.5, 1.5))
 
-    async def _attempt(self, batch: list[EmbedItem], seen: Counter[str]) -> np.ndarray:
-        slot = await self.concurrency.acquire(first=bool(seen))
+    async def _attempt(self, batch: list[EmbedItem], seen: Counter[str], queued: bool) -> np.ndarray:
+        slot = await self.concurrency.acquire(first=bool(seen) or batch is self._trial)  # a trial: soon
         try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
                 raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)
             probe = await self._await_probe()
             try:
-                if len(batch) > self.sizer.limit:
-                    self._push_back(batch[self.sizer.limit:])
-                    del batch[self.sizer.limit:]
+                allowed = self.sizer.trial if batch is self._trial and self.sizer.trial else self.sizer.limit
+                if len(batch) > allowed:
+                    if batch is self._trial:
+                        self.sizer.abandon(len(batch))
+                        self._trial = None
+                    self._push_back(batch[allowed:])
+                    del batch[allowed:]
                     self._wake()
+                elif queued and len(batch) < allowed:
+                    self._top_up(batch, allowed)  # cut before the size grew: it leaves full
                 texts = [item.text for item in batch]
                 await self._pace(sum(item.tokens for item in batch))
                 sent_at = time.monotonic()
@@ -437,7 +466,8 @@ class _Run:
                     self.stats.rate_limited += 1
                     asked = usable_retry_after(e.retry_after, self.cfg.max_retry_after_s)
                     if asked is not None:  # a rate limit: it names the moment a request can get in again
-                        self.pacer.rate_limited(time.monotonic(), asked, sent_at)
+                        self._paced_at = time.monotonic()
+                        self.pacer.rate_limited(self._paced_at, asked, sent_at)
                     elif e.retry_after is not None:  # inf, or a day: not worth holding the lock and the job
                         raise explain_retry_after(e, self.cfg.max_retry_after_s) from None
                     else:  # GigaChat's 429 is "too many concurrent requests" (gigachat-api.md §6)
@@ -453,6 +483,16 @@ class _Run:
                     self._wake()
         finally:
             slot.release()
+
+    def _top_up(self, batch: list[EmbedItem], size: int) -> None:
+        tokens = sum(item.tokens for item in batch)
+        while self.pending and len(batch) < size:
+            item = self.pending[0]
+            if self.max_tokens and tokens + item.tokens > self.max_tokens:
+                break
+            batch.append(self.pending.popleft())
+            self.pending_tokens -= item.tokens
+            tokens += item.tokens
 
     async def _await_probe(self) -> bool:
         """While a 413-taught batch size is unproven, one request tests it and the others wait for it.
@@ -471,9 +511,13 @@ class _Run:
 
     async def _pace(self, tokens: int) -> None:
         while (delay := self.pacer.delay(time.monotonic())) > 0:
+            self._paced_at = time.monotonic()
             await asyncio.sleep(delay)
         if self.tpm:
-            await self.tpm.acquire(min(tokens, self.cfg.tokens_per_minute))
+            amount = min(tokens, self.cfg.tokens_per_minute)
+            if not self.tpm.has_capacity(amount):
+                self._tokens_bound_at = time.monotonic()
+            await self.tpm.acquire(amount)
 
     async def _embed_long_text(self, text: str) -> np.ndarray:
         """A text the server refused as too long: embed its pieces, average their unit vectors."""

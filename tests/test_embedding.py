@@ -283,12 +283,14 @@ def test_batch_sizer_finds_the_server_cap_by_binary_search() -> None:
     sizer = BatchSizer(100)
     cap, refusals = 20, 0
     for _ in range(20):
-        if sizer.limit > cap:
-            sizer.too_large(sizer.limit)
+        size = sizer.trial = sizer.next_trial(rate_bound=False)  # the search up from 12 needs no rate limit
+        size = size or sizer.limit
+        if size > cap:
+            sizer.too_large(size)
             refusals += 1
         else:
-            sizer.succeeded(sizer.limit)
-    assert sizer.limit == cap and refusals <= 4 and not sizer.probing
+            sizer.succeeded(size)
+    assert sizer.limit == cap and refusals <= 4 and not sizer.probing and not sizer.next_trial(rate_bound=True)
     sizer.too_large(100)  # a late answer to a batch cut before the lesson: nothing new
     assert sizer.limit == cap
     sizer.too_large(12)  # refused below a size that passed: one long text did it; evidence reset
