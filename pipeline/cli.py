@@ -509,10 +509,10 @@ def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens:
 
 def main() -> NoReturn:
     """The console script (and `python -m pipeline`): one command, then an immediate exit with its code."""
-    # A run keeps every chunk and document until it ends, and CPython's default thresholds rescan them
-    # all in full collections (0.3 s in a 37k-chunk run, 0.1 s of it in the last step): collections
-    # wait for 100k new objects instead of 700, and full ones come 10x rarer.
-    gc.set_threshold(100_000, 20, 100)
+    # CPython's default collection thresholds: a run no longer keeps its chunks, so full collections are
+    # cheap, while rarer ones (100k young objects) let cyclic garbage from each HTTP exchange pile up to
+    # 1.1 GB at 125k chunks instead of 0.47 GB (bench/scale.md). What the imports made is frozen: never rescanned.
+    gc.freeze()
     _exit_now(_run())
 
 
