@@ -359,7 +359,7 @@ def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
 
     return build_index(snap, index_type=config.index.index_type,
                        memory_budget_bytes=config.index.memory_budget_bytes,
-                       target_recall=config.index.target_recall,
+                       target_recall=config.index.target_recall, bm25_max_rows=config.index.bm25_max_rows,
                        progress=progress("index", row_count(snap.vectors_path)))
 
 
@@ -369,7 +369,8 @@ def _update_index(config: Config, previous: Snapshot | None, snap: Snapshot, pro
 
     return update_index(previous, snap, index_type=config.index.index_type,
                         memory_budget_bytes=config.index.memory_budget_bytes,
-                        target_recall=config.index.target_recall, progress=progress("index", None))
+                        target_recall=config.index.target_recall, bm25_max_rows=config.index.bm25_max_rows,
+                        progress=progress("index", None))
 
 
 @dataclass

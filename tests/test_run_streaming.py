@@ -102,3 +102,17 @@ def test_a_reindex_updates_the_live_index_in_place_and_says_so(tiny_corpus: Path
     assert second.index["added"] >= 1 and second.index["vectors"] == second.vectors
     hits = api.search(config, "what do tomatoes need", k=1).hits
     assert hits[0].source_path == "en/new.md"
+
+
+def test_bm25_past_its_row_cap_is_skipped_and_hybrid_says_why(tiny_corpus: Path, config_for) -> None:
+    from dataclasses import replace
+
+    from pipeline.errors import StoreError
+
+    config = config_for(tiny_corpus)
+    config = replace(config, index=replace(config.index, bm25_max_rows=1))
+    report = api.embed(config)
+    assert report.index["bm25"] is False and report.vectors > 1
+    assert api.search(config, "neutron star", k=1).hits  # dense search is unaffected
+    with pytest.raises(StoreError, match="bm25_max_rows"):
+        api.search(config, "neutron star", k=1, hybrid=True)

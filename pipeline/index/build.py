@@ -26,7 +26,15 @@ import pyarrow.parquet as pq
 from ..errors import IndexBuildError, StoreError
 from ..store import META_KEY, Snapshot, iter_vector_batches
 from .bm25 import Bm25Index
-from .files import copy_rows, index_file_bytes, read_index_rows, save_bm25, save_faiss, save_meta
+from .files import (
+    copy_rows,
+    index_file_bytes,
+    note_bm25_skipped,
+    read_index_rows,
+    save_bm25,
+    save_faiss,
+    save_meta,
+)
 from .ids import ID_LAYOUT, with_row_ids
 from .score import ExactTopK, latency_ms, single_thread, tune_search_param
 from .select import read_batch_rows, select_index
@@ -35,6 +43,7 @@ __all__ = ["IndexReport", "build_index"]
 
 log = logging.getLogger(__name__)
 
+BM25_MAX_ROWS = 200_000  # [index] bm25_max_rows: past it no lexical index (and no --hybrid)
 RECALL_QUERIES = 200
 LATENCY_QUERIES = 100
 RECALL_K = 10
@@ -149,6 +158,7 @@ def build_index(
     target_recall: float = 0.95,
     progress: Callable[[int], None] | None = None,
     bm25: bool = True,
+    bm25_max_rows: int = BM25_MAX_ROWS,
     batch_rows: int | None = None,
     seed: int = 0,
 ) -> IndexReport:
@@ -216,7 +226,7 @@ def build_index(
     has_bm25 = False
     if bm25:
         with timer.step("bm25"):
-            has_bm25 = _build_bm25(snap.index_dir)
+            has_bm25 = _build_bm25(snap.index_dir, bm25_max_rows)
 
     report = IndexReport(
         kind=choice.kind, factory=choice.factory, vectors=n, dimension=dim,
@@ -296,9 +306,15 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
         pre.ntotal = ivf.ntotal
 
 
-def _build_bm25(index_dir: Path) -> bool:
-    """The BM25 index of the chunk texts, saved beside the index; False when bm25s is not installed."""
-    column = read_index_rows(index_dir).column("text")
+def _build_bm25(index_dir: Path, max_rows: int = BM25_MAX_ROWS) -> bool:
+    """The BM25 index of the chunk texts, saved beside the index; False when bm25s is not installed or the
+    rows are over max_rows (bm25s rebuilds whole, ~0.3 ms a chunk here: the cap bounds a re-index's time)."""
+    rows = read_index_rows(index_dir)
+    if rows.num_rows > max_rows:
+        log.info("BM25 skipped: %d chunks, over bm25_max_rows %d", rows.num_rows, max_rows)
+        note_bm25_skipped(index_dir, rows.num_rows, max_rows)
+        return False
+    column = rows.column("text")
     texts = (t for chunk in column.chunks for t in chunk.to_pylist())
     try:
         bm25 = Bm25Index.build(texts)

@@ -31,6 +31,7 @@ LEGACY_ROWS_FILE = "rows.parquet"  # indexes built before rows.arrow
 META_FILE = "meta.json"
 BM25_DIR = "bm25"
 BM25_INFO_FILE = "tokenizer.json"  # inside BM25_DIR: row count and tokenizer version
+BM25_SKIPPED_FILE = "skipped.json"  # inside BM25_DIR instead: why there is no lexical index
 ROWS_BATCH = 8192
 
 
@@ -108,10 +109,21 @@ def read_index_rows(index_dir: Path) -> pa.Table:
         raise StoreError(f"{path}: missing or unreadable index rows: {e}") from None
 
 
+def note_bm25_skipped(index_dir: Path, rows: int, max_rows: int) -> None:
+    """Record that the lexical index was not built, and why, for load_bm25's message."""
+    path = index_dir / BM25_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    (path / BM25_SKIPPED_FILE).write_text(json.dumps({"rows": rows, "max_rows": max_rows}), encoding="utf-8")
+
+
 def load_bm25(index_dir: Path) -> Bm25Index:
     """The lexical index saved beside a FAISS index. Raises StoreError when the index predates it."""
     path = index_dir / BM25_DIR
     info_path = path / BM25_INFO_FILE
+    if (path / BM25_SKIPPED_FILE).is_file():
+        why = json.loads((path / BM25_SKIPPED_FILE).read_text(encoding="utf-8"))
+        raise StoreError(f"{index_dir}: no BM25 index for --hybrid: {why['rows']} chunks, over [index] "
+                         f"bm25_max_rows ({why['max_rows']}); raise it and run `pipeline index`")
     if not info_path.is_file():
         raise StoreError(f"{index_dir}: no BM25 index for --hybrid; rebuild it with `pipeline index`")
     info = json.loads(info_path.read_text(encoding="utf-8"))

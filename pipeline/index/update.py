@@ -22,7 +22,16 @@ import pyarrow.parquet as pq
 
 from ..errors import IndexBuildError, StoreError
 from ..store import Snapshot
-from .build import IndexReport, _build_bm25, _peak_rss, _release_memory, _Timer, _vectors_meta, build_index
+from .build import (
+    BM25_MAX_ROWS,
+    IndexReport,
+    _build_bm25,
+    _peak_rss,
+    _release_memory,
+    _Timer,
+    _vectors_meta,
+    build_index,
+)
 from .files import INDEX_FILE, META_FILE, copy_rows, index_file_bytes, read_index_rows, save_faiss, save_meta
 from .ids import ID_LAYOUT, can_remove, remove_and_renumber
 from .select import read_batch_rows, select_index
@@ -133,6 +142,7 @@ def update_index(
     drift_threshold: float = DRIFT_THRESHOLD,
     progress: Callable[[int], None] | None = None,
     bm25: bool = True,
+    bm25_max_rows: int = BM25_MAX_ROWS,
     batch_rows: int | None = None,
 ) -> IndexReport:
     """The index of `snap`, made from `previous`'s by removing and adding vectors, or rebuilt when it must be.
@@ -160,7 +170,8 @@ def update_index(
     if not isinstance(plan, _Diff):
         log.info("index: rebuilding (%s)", plan)
         report = build_index(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes,
-                             target_recall=target_recall, progress=progress, bm25=bm25, batch_rows=batch_rows)
+                             target_recall=target_recall, progress=progress, bm25=bm25, batch_rows=batch_rows,
+                             bm25_max_rows=bm25_max_rows)
         report.mode, report.mode_reason = "rebuilt", plan
         report.seconds = {"diff": timer.seconds["diff"], **report.seconds}
         save_meta(asdict(report), snap.index_dir)
@@ -185,7 +196,7 @@ def update_index(
     has_bm25 = False
     if bm25:
         with timer.step("bm25"):  # bm25s cannot add or remove documents: rebuilt from the rows' texts
-            has_bm25 = _build_bm25(snap.index_dir)
+            has_bm25 = _build_bm25(snap.index_dir, bm25_max_rows)
 
     known = {f.name for f in fields(IndexReport)}
     report = IndexReport(**{k: v for k, v in plan.meta.items() if k in known})
