@@ -412,7 +412,7 @@ async def _embed_missing(ctx: RunContext, owner: OwnedProvider, items: Iterable[
 
         def store(keys: list[str], matrix: np.ndarray) -> None:
             cache.put(keys, matrix)
-            stream.landed(keys)
+            stream.landed(keys, matrix)
 
         async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
             await asyncio.to_thread(store, keys, matrix)
