@@ -8,12 +8,12 @@ from fakes import FakeProvider
 from pipeline.config import EmbeddingConfig
 from pipeline.embedding import (
     ABORT_AFTER_FAILED_BATCHES,
-    AdaptiveConcurrency,
     EmbedItem,
     embed_items,
     plan_batches,
 )
 from pipeline.errors import AuthError, RateLimitError, RequestTooLargeError, ServerError
+from pipeline.inflight import AdaptiveConcurrency
 from pipeline.planning import estimate_time
 from pipeline.ratelimit import BatchSizer, RequestPacer
 from pipeline.records import ModelSpec
