@@ -7,6 +7,10 @@ characters per token from the counts made so far); the cut goes at the best boun
 that reach (blank line or heading, then line, then sentence), else at the last word start, else inside the
 word; then the counter checks the whole chunk, overlap included, against max_tokens, and the plan shrinks
 until it passes. So the limit holds whatever the estimate was; pieces' counts are never summed.
+
+Contextual chunks (ChunkSettings.contextual): a document with a title or headings is chunked prefix_reserve
+tokens short of the limit (unless it fits whole in one chunk), and each chunk is embedded with its title and
+heading path in front (contextual.py), the whole counted again against the limit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .config import ChunkingConfig
+from .contextual import PathTracker, fit_prefix, prefix_elements, prefix_reserve
 from .errors import ConfigError
 from .records import Chunk, Document, ModelSpec
 from .tokens import TokenCounter, fitter_for
@@ -50,6 +55,7 @@ class ChunkSettings:
     max_tokens: int  # hard limit (model's max_input_tokens)
     target_tokens: int  # preferred size (<= max_tokens)
     overlap_tokens: int = 0
+    contextual: bool = False  # embed each chunk with its document's title and heading path in front
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -66,9 +72,10 @@ class ChunkSettings:
             )
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, cfg: ChunkingConfig) -> ChunkSettings:
+    def for_model(cls, spec: ModelSpec, cfg: ChunkingConfig, *, contextual: bool = False) -> ChunkSettings:
         """Settings from the registry limit and [chunking]; target 0 means the model's limit.
 
+        `contextual` is decided by the caller ([chunking] contextual may be unset: see RunContext).
         Raises ConfigError if the target exceeds the limit or the overlap is half the target or more.
         """
         target = cfg.target_tokens or spec.max_input_tokens
@@ -77,7 +84,17 @@ class ChunkSettings:
                 f"[chunking] target_tokens {target} exceeds model {spec.name!r}'s limit of "
                 f"{spec.max_input_tokens} tokens"
             )
-        return cls(max_tokens=spec.max_input_tokens, target_tokens=target, overlap_tokens=cfg.overlap_tokens)
+        return cls(max_tokens=spec.max_input_tokens, target_tokens=target, overlap_tokens=cfg.overlap_tokens,
+                   contextual=contextual)
+
+    def reserving(self, tokens: int) -> ChunkSettings:
+        """These settings with `tokens` fewer for the chunk (the overlap shrinks if it must, to stay valid)."""
+        if tokens <= 0:
+            return self
+        limit = self.max_tokens - tokens
+        target = min(self.target_tokens, limit)
+        return ChunkSettings(max_tokens=limit, target_tokens=target,
+                             overlap_tokens=min(self.overlap_tokens, (target - 1) // 2), contextual=self.contextual)
 
 
 @dataclass(frozen=True)
@@ -365,7 +382,12 @@ def chunk_stream(pieces: Iterable[str], settings: ChunkSettings, counter: TokenC
 
 
 def chunk_document(doc: Document, settings: ChunkSettings, counter: TokenCounter) -> list[Chunk]:
-    """A Document's Chunks in order, ids f"{doc_id}:{i}", each carrying its offsets and content hash."""
+    """A Document's Chunks in order, ids f"{doc_id}:{i}", each carrying its offsets and content hash.
+
+    With settings.contextual, a document with a title or headings gets contextual chunks (see the module).
+    """
+    if settings.contextual and (doc.headings or doc.metadata.get("title")):
+        return _contextual_chunks(doc, settings, counter)
     chunks: list[Chunk] = []
     for i, span in enumerate(chunk_text(doc.text, settings, counter)):
         piece = doc.text[span.start : span.end]
@@ -383,6 +405,48 @@ def chunk_document(doc: Document, settings: ChunkSettings, counter: TokenCounter
                 doc_type=doc.doc_type,
                 overlap_chars=span.overlap_chars,
                 metadata=doc.metadata,
+            )
+        )
+    return chunks
+
+
+def _contextual_chunks(doc: Document, settings: ChunkSettings, counter: TokenCounter) -> list[Chunk]:
+    """chunk_document with a title and heading path embedded in front of each chunk, within the limit.
+
+    text, char_start and char_end stay the chunk's own; content_hash and token_count are those of what is
+    embedded (Chunk.embed_text), so the vector cache serves a chunk without context across the setting.
+    """
+    spans = chunk_text(doc.text, settings, counter)
+    first = next(spans, None)
+    if first is None:
+        return []
+    reserve = prefix_reserve(settings.max_tokens)
+    if first.end < len(doc.text):  # more than one chunk: make room for the prefixes
+        spans = chunk_text(doc.text, settings.reserving(reserve), counter)
+    else:  # the whole document fits in one chunk: its boundaries stay, the prefix takes what room is left
+        spans = iter([first])
+    tracker = PathTracker(doc)
+    chunks: list[Chunk] = []
+    for i, span in enumerate(spans):
+        piece = doc.text[span.start : span.end]
+        path = tracker.path(piece, span.start)
+        prefix, tokens = fit_prefix(prefix_elements(path, piece), piece, span.token_count, counter,
+                                    max_tokens=settings.max_tokens, cap=reserve)
+        chunks.append(
+            Chunk(
+                chunk_id=f"{doc.doc_id}:{i}",
+                doc_id=doc.doc_id,
+                source_path=doc.source_path,
+                chunk_index=i,
+                char_start=span.start,
+                char_end=span.end,
+                text=piece,
+                token_count=tokens,
+                content_hash=hashlib.sha256((prefix + piece).encode("utf-8", "surrogatepass")).hexdigest(),
+                doc_type=doc.doc_type,
+                overlap_chars=span.overlap_chars,
+                metadata={**doc.metadata, "headings": path} if path else doc.metadata,
+                context=prefix,
             )
         )
     return chunks

@@ -103,6 +103,9 @@ class ChunkingConfig:
     target_tokens: int = 0  # 0: the model's max_input_tokens
     overlap_tokens: int = 0
     exact_tokens: bool = False  # check chunk sizes with the provider's own counter (GigaChat /tokens/count)
+    # embed each chunk with its document's title and heading path in front (env PIPELINE_CONTEXTUAL);
+    # None: as the live index was built, else CONTEXTUAL_DEFAULT (run_context.contextual_setting)
+    contextual: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -496,6 +499,8 @@ def load_config(
     if env.get("PIPELINE_CHAT_MODEL") is not None:
         ask = replace(ask, chat_model=env["PIPELINE_CHAT_MODEL"])
     sources = replace(sources, follow_symlinks=_env_bool(env, "PIPELINE_FOLLOW_SYMLINKS", sources.follow_symlinks))
+    if env.get("PIPELINE_CONTEXTUAL"):
+        chunking = replace(chunking, contextual=_env_bool(env, "PIPELINE_CONTEXTUAL", False))
     if sources.max_file_bytes < 1:
         raise ConfigError(f"{cfg_path}: [sources] max_file_size must be positive")
     if env.get("PIPELINE_VISION_MODEL") is not None:

@@ -96,13 +96,15 @@ def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def write_beir_corpus(corpus: Mapping[str, Mapping[str, str]], path: Path) -> None:
-    """The corpus as one .jsonl file the sources stage reads: title (if any) above the text."""
+    """The corpus as one .jsonl file the sources stage reads: title (if any) above the text, and as the
+    record's title (what contextual chunks put in front of the chunks after the first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for doc_id, doc in corpus.items():
             title = (doc.get("title") or "").strip()
             text = f"{title}\n\n{doc.get('text', '')}" if title else doc.get("text", "")
-            f.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+            record = {"id": doc_id, "text": text, "title": title} if title else {"id": doc_id, "text": text}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def retrieval_metrics(ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]],

@@ -43,6 +43,9 @@ class Document:
     content_hash: str  # sha256 hex of the text
     doc_type: str  # "txt", "md", "html", "jsonl"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # (offset of the heading's line in text, level 1-6, heading text) in text order: Markdown ATX headings
+    # and HTML h1-h6, as sources found them; what contextual chunks put in front of a chunk
+    headings: tuple[tuple[int, int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,17 @@ class Chunk:
     char_start: int  # includes the overlap taken from the previous chunk
     char_end: int
     text: str
-    token_count: int
-    content_hash: str  # sha256 hex of text
+    token_count: int  # of embed_text, what the model is sent
+    content_hash: str  # sha256 hex of embed_text (== of text when there is no context)
     doc_type: str = ""
     overlap_chars: int = 0  # the first overlap_chars of text repeat the previous chunk's end
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: str = ""  # contextual chunks: the title and heading path embedded in front of text
+
+    @property
+    def embed_text(self) -> str:
+        """What the model embeds: the context, then the chunk's own text."""
+        return self.context + self.text if self.context else self.text
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from .incremental import CorpusDiff, diff_stream
 from .planning import EmbedPlan, make_plan
 from .providers import EmbeddingProvider, warmed_provider
 from .records import Chunk, Document
-from .run_context import OwnedProvider, RunContext, chunk_counter, locked, run_spec
+from .run_context import OwnedProvider, RunContext, chunk_counter, contextual_setting, locked, run_spec
 from .snapshot_stream import SnapshotStream
 from .sources import KnownFile, SourceReport, iter_documents
 from .store import (
@@ -154,9 +154,10 @@ def _stamped(documents: dict[str, dict[str, Any]], sources: SourceReport,
 
 def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None, progress: Progress = no_progress
                  ) -> Iterator[Chunk]:
-    """Chunks of every document of a corpus, for the configured model."""
+    """Chunks of every document of a corpus, for the configured model (contextual as embed would chunk into
+    config.out_dir)."""
     spec = config.model_spec()
-    settings = ChunkSettings.for_model(spec, config.chunking)
+    settings = ChunkSettings.for_model(spec, config.chunking, contextual=contextual_setting(config, config.out_dir))
     counter = chunk_counter(config, spec)
     advance = progress("chunk", None)
     with _describer(config) as describe:
@@ -394,7 +395,7 @@ def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: T
             if c.content_hash in new:
                 new.discard(c.content_hash)
                 tally.tokens += c.token_count
-                yield EmbedItem(c.content_hash, c.text, c.token_count)
+                yield EmbedItem(c.content_hash, c.embed_text, c.token_count)
             else:
                 tally.cached += 1
         advance(1)

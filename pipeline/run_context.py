@@ -23,12 +23,33 @@ from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
 from .providers.base import TokenCountingProvider
 from .providers.retry import RetryPolicy
 from .records import ModelSpec
-from .store import Snapshot, VectorCache, cache_key, current_snapshot, fingerprint_id, remove_stray_files
+from .store import (
+    Snapshot,
+    VectorCache,
+    cache_key,
+    current_snapshot,
+    fingerprint_id,
+    remove_stray_files,
+    snapshot_fingerprint,
+)
 from .tokens import CachedCounter, TokenCounter, token_counter_for
 
-__all__ = ["OwnedProvider", "RunContext", "chunk_counter", "locked", "run_spec"]
+__all__ = ["CONTEXTUAL_DEFAULT", "OwnedProvider", "RunContext", "chunk_counter", "contextual_setting", "locked",
+           "run_spec"]
 
 EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
+CONTEXTUAL_DEFAULT = False  # [chunking] contextual when unset and there is no live index to follow
+
+
+def contextual_setting(config: Config, out_dir: Path) -> bool:
+    """[chunking] contextual if set; unset, the live index's own setting, so that a changed default never
+    re-chunks (and re-embeds) an existing index; with no live index, CONTEXTUAL_DEFAULT."""
+    if config.chunking.contextual is not None:
+        return config.chunking.contextual
+    live = snapshot_fingerprint(out_dir)
+    if live is None:
+        return CONTEXTUAL_DEFAULT
+    return bool(live.get("chunking", {}).get("contextual", False))
 
 
 def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
@@ -95,14 +116,17 @@ class RunContext:
 
     @classmethod
     def open(cls, config: Config, spec: ModelSpec, *, new_index: bool = False) -> RunContext:
-        settings = ChunkSettings.for_model(spec, config.chunking)
+        settings = ChunkSettings.for_model(spec, config.chunking, contextual=contextual_setting(config, config.out_dir))
         counter = chunk_counter(config, spec)
+        chunking: dict[str, Any] = {"max_tokens": settings.max_tokens, "target_tokens": settings.target_tokens,
+                                    "overlap_tokens": settings.overlap_tokens, "tokenizer": counter.name}
+        if settings.contextual:  # no key when off: the fingerprints of indexes built before it stay valid
+            chunking["contextual"] = True
         fp = {
             "model": spec.name, "provider": spec.provider, "endpoint": provider_endpoint(spec, config),
             "dimension": spec.dimension, "normalize": spec.normalize,
             "query_instruction": spec.query_instruction, "passage_instruction": spec.passage_instruction,
-            "chunking": {"max_tokens": settings.max_tokens, "target_tokens": settings.target_tokens,
-                         "overlap_tokens": settings.overlap_tokens, "tokenizer": counter.name},
+            "chunking": chunking,
         }
         out_dir = config.out_dir
         if new_index:

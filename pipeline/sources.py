@@ -39,7 +39,8 @@ from .records import Document
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "FileStamp", "ImageDescriber", "KnownFile", "SourceReport",
            "TEXT_SUFFIXES",
-           "escape_name", "html_to_text", "iter_documents", "text_hash", "unescape_name"]
+           "Heading", "escape_name", "html_document", "html_to_text", "iter_documents", "markdown_headings",
+           "text_hash", "unescape_name"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ImageDescriber = Callable[[Path, str], str]  # (image path, path relative to the corpus) -> description
@@ -133,12 +134,18 @@ _SKIP_TAGS = {"script", "style", "noscript", "template", "svg"}
 
 
 class _TextExtractor(HTMLParser):
-    """Collects visible text; block elements become paragraph breaks so the chunker sees structure."""
+    """Collects visible text; block elements become paragraph breaks so the chunker sees structure.
 
-    def __init__(self) -> None:
+    A heading h1-h6 becomes a Markdown ATX line ("## text"), led by `mark` so its place in the final text
+    can be found; its level goes to `levels`.
+    """
+
+    def __init__(self, mark: str = "") -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.title: list[str] = []
+        self.levels: list[int] = []
+        self._mark = mark
         self._skip_depth = 0
         self._in_title = False
 
@@ -150,7 +157,8 @@ class _TextExtractor(HTMLParser):
         if tag in _BLOCK_TAGS:
             self.parts.append("\n" if tag in ("li", "br") else "\n\n")
             if tag.startswith("h") and len(tag) == 2 and tag[1].isdigit():
-                self.parts.append("#" * int(tag[1]) + " ")
+                self.parts.append(self._mark + "#" * int(tag[1]) + " ")
+                self.levels.append(int(tag[1]))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title":
@@ -167,9 +175,20 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
+Heading = tuple[int, int, str]  # (offset of its line in the text, level 1-6, its text): see Document.headings
+_HEADING_MARK = "\ufdd0"  # a noncharacter: marks where html headings start; a page holding one gets no marks
+
+
 def html_to_text(html: str) -> tuple[str, str]:
     """Visible text of an HTML page, paragraphs separated by blank lines, and its <title>."""
-    parser = _TextExtractor()
+    text, title, _ = html_document(html)
+    return text, title
+
+
+def html_document(html: str) -> tuple[str, str, tuple[Heading, ...]]:
+    """html_to_text, plus where its h1-h6 headings (rendered as "## text" lines) start in the text."""
+    mark = "" if _HEADING_MARK in html else _HEADING_MARK
+    parser = _TextExtractor(mark)
     parser.feed(html)
     parser.close()
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
@@ -183,7 +202,45 @@ def html_to_text(html: str) -> tuple[str, str]:
             current = []
     if current:
         paragraphs.append("\n".join(current))
-    return "\n\n".join(paragraphs), " ".join("".join(parser.title).split())
+    text = "\n\n".join(paragraphs)
+    title = " ".join("".join(parser.title).split())
+    if not mark:
+        return text, title, ()
+    headings: list[Heading] = []
+    found = text.find(mark)
+    for k, level in enumerate(parser.levels):
+        if found < 0:
+            break
+        end = text.find("\n", found)
+        words = text[found + 1 + level : end if end >= 0 else len(text)].strip()
+        if words:
+            headings.append((found - k, level, words))  # the k marks before it are removed
+        found = text.find(mark, found + 1)
+    return text.replace(mark, ""), title, tuple(headings)
+
+
+_ATX_OR_FENCE = re.compile(r"^ {0,3}(?:(#{1,6})(?:[ \t]+([^\n]*))?|(`{3,}|~{3,})[^\n]*)$", re.MULTILINE)
+_CLOSING_HASHES = re.compile(r"(?:^|[ \t]+)#+$")
+
+
+def markdown_headings(text: str) -> tuple[Heading, ...]:
+    """The ATX headings ("#".."######") of Markdown text, outside fenced code blocks (where "# " is a comment)."""
+    headings: list[Heading] = []
+    fence = ""
+    for m in _ATX_OR_FENCE.finditer(text):
+        if m.group(3) is not None:
+            run = m.group(3)
+            if not fence:
+                fence = run
+            elif run[0] == fence[0] and len(run) >= len(fence) and not m.group(0).strip().strip(run[0]):
+                fence = ""
+            continue
+        if fence:
+            continue
+        words = " ".join(_CLOSING_HASHES.sub("", (m.group(2) or "").strip()).split())
+        if words:
+            headings.append((m.start(), len(m.group(1)), words))
+    return tuple(headings)
 
 
 def _special_kind(mode: int) -> str:
@@ -283,15 +340,18 @@ def _file_documents(path: Path, rel: str, kind: str, report: SourceReport, *, fo
     if text is None:
         return
     metadata: dict[str, Any] = {}
+    headings: tuple[Heading, ...] = ()
     if kind == "html":
-        text, title = html_to_text(text)
+        text, title, headings = html_document(text)
         if title:
             metadata["title"] = title
+    elif kind == "md":
+        headings = markdown_headings(text)
     if not text.strip():
         report.skip(rel, "empty", "no text")
         return
     yield Document(doc_id=rel, source_path=rel, text=text, content_hash=text_hash(text), doc_type=kind,
-                   metadata=metadata)
+                   metadata=metadata, headings=headings)
 
 
 def _lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
@@ -367,6 +427,9 @@ def _jsonl_documents(path: Path, rel: str, report: SourceReport, *, follow: bool
             metadata = record.get("metadata") or {}
             if not isinstance(metadata, dict):
                 metadata = {"metadata": metadata}
+            title = record.get("title")
+            if isinstance(title, str) and title.strip() and "title" not in metadata:
+                metadata = {**metadata, "title": " ".join(title.split())}  # a BEIR record's title field
             yield Document(doc_id=f"{rel}#{record_id}", source_path=rel, text=body, content_hash=text_hash(body),
                            doc_type="jsonl", metadata=metadata)
         if blank:
