@@ -312,6 +312,9 @@ def search(query: str, k: int, config_path: Path | None, model: str | None, out_
     for hit in result.hits:
         click.echo(f"{hit.rank:>2}. {hit.score:.3f}  {hit.source_path} [{hit.char_start}:{hit.char_end}]"
                    f"{'  ' + hit.doc_id.split('#', 1)[1] if '#' in hit.doc_id else ''}")
+        headings = hit.metadata.get("headings")
+        if isinstance(headings, list) and headings:  # contextual chunks: where in its document the chunk is
+            click.echo(f"    § {_snippet(' › '.join(map(str, headings)))}")
         click.echo(f"    {_snippet(hit.text)}")
     if not result.hits:
         click.echo("no results")
@@ -497,12 +500,13 @@ def chunk(path: Path, config_path: Path | None, model: str | None, exact_tokens:
     for c in api.chunk_corpus(config, path):
         count += 1
         if as_json:
-            click.echo(json.dumps({"chunk_id": c.chunk_id, "source_path": c.source_path, "char_start": c.char_start,
-                                   "char_end": c.char_end, "token_count": c.token_count,
-                                   "overlap_chars": c.overlap_chars, "text": c.text}, ensure_ascii=False))
+            row = {"chunk_id": c.chunk_id, "source_path": c.source_path, "char_start": c.char_start,
+                   "char_end": c.char_end, "token_count": c.token_count, "overlap_chars": c.overlap_chars,
+                   "text": c.text}
+            click.echo(json.dumps({**row, "context": c.context} if c.context else row, ensure_ascii=False))
         else:
             click.echo(f"--- {c.chunk_id}  chars {c.char_start}-{c.char_end}  {c.token_count} tokens")
-            click.echo(c.text)
+            click.echo(c.embed_text)  # the context (contextual chunks) is sent in front of the chunk's text
     if not as_json:
         click.echo(f"{count} chunks for model {config.model}", err=True)
 

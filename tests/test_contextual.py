@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -97,9 +98,12 @@ def test_html_headings_are_found_where_the_text_has_them(tmp_path: Path) -> None
     assert doc.headings == headings
     chunks = chunk_document(doc, ON, PROXY)
     check_chunks(doc, chunks, PROXY, ON)
-    assert chunks[0].context == "Coffee Methods\n\n"  # the <title> is not the h1 the chunk starts with
-    assert any(c.context == "Coffee Methods › Methods › Pour over › Kettles\n\n" for c in chunks) or any(
-        c.context.endswith("Pour over › Kettles\n\n") for c in chunks)
+    assert [c.context for c in chunks] == [
+        "Coffee Methods\n\n",  # the <title> is not the h1 the chunk starts with
+        "Coffee Methods › Methods › Pour over\n\n",
+        "Coffee Methods › Methods › Pour over\n\n",  # it starts with "### Kettles": not repeated
+        "Coffee Methods › Methods › Pour over › Kettles\n\n",
+    ]
 
 
 def test_a_page_holding_the_heading_mark_gets_no_headings_and_the_same_text() -> None:
@@ -166,3 +170,140 @@ def test_property_prefix_and_chunk_never_exceed_the_limit(e5: TokenCounter, text
     s = ChunkSettings(max_tokens=limit, target_tokens=limit, overlap_tokens=overlap, contextual=True)
     for counter in (PROXY, e5):
         check_chunks(doc, chunk_document(doc, s, counter), counter, s)
+
+
+# --- off is today's chunking; the setting is part of the fingerprint -------------------------------------
+
+
+def _pinned_corpus(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "guide.md").write_text(
+        "# Brewing Guide\n\nIntro paragraph.\n\n## Grinding\n\n" + "Words about the topic at hand, written plainly. " * 6
+        + "\n\n### Burr grinders\n\n" + "Burrs crush beans evenly. " * 8 + "\n\n## Water\n\n"
+        + "Soft water extracts better. " * 8 + "\n", encoding="utf-8")
+    (root / "page.html").write_text(
+        "<html><head><title>Coffee</title></head><body><h1>Methods</h1><p>" + "Pour slowly over the grounds. " * 8
+        + "</p><h2>Kettles</h2><p>" + "A gooseneck kettle helps. " * 8 + "</p></body></html>", encoding="utf-8")
+    (root / "faq.jsonl").write_text(
+        '{"id": "q1", "title": "Why grind fresh?", "text": "Why grind fresh?\\n\\n' + "Aroma fades within minutes. " * 12
+        + '"}\n', encoding="utf-8")
+    return root
+
+
+def test_off_chunks_and_fingerprints_are_those_of_before_contextual_chunks(tmp_path: Path) -> None:
+    """Pinned from main before this feature: an existing index and its cache must stay valid."""
+
+
+    from pipeline.config import load_config
+    from pipeline.run_context import RunContext
+
+    docs = list(iter_documents(_pinned_corpus(tmp_path / "c")))
+    s = ChunkSettings(max_tokens=64, target_tokens=64, overlap_tokens=8)
+    rows = [(c.chunk_id, c.char_start, c.char_end, c.token_count, c.content_hash)
+            for d in docs for c in chunk_document(d, s, PROXY)]
+    assert len(rows) == 13
+    assert sha(json.dumps(rows)) == "8d24d687410b9ff8ef625dbd364798b9697b93fdd6706c6b784011d63aa7c26b"
+    ids = {}
+    for model in ("e5-small-local", "Embeddings"):
+        cfg = load_config(None, env={}, model=model, out_dir=tmp_path / "out")
+        ctx = RunContext.open(cfg, cfg.model_spec())
+        assert "contextual" not in ctx.fingerprint["chunking"]
+        ids[model] = ctx.fingerprint_id
+    assert ids == {"e5-small-local": "68812e828f8b9236", "Embeddings": "583dca72ecfc2c89"}
+
+
+def test_contextual_setting_is_in_the_fingerprint_and_read_from_config_and_env(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.run_context import RunContext
+
+    cfg = load_config(None, env={}, model="Embeddings", out_dir=tmp_path / "out")
+    assert cfg.chunking.contextual is None
+    on = RunContext.open(replace(cfg, chunking=replace(cfg.chunking, contextual=True)), cfg.model_spec())
+    off = RunContext.open(cfg, cfg.model_spec())
+    assert on.fingerprint["chunking"]["contextual"] is True and on.settings.contextual
+    assert on.fingerprint_id != off.fingerprint_id and on.cache_key == off.cache_key  # vectors by text: one cache
+    toml = tmp_path / "run.toml"
+    toml.write_text("[chunking]\ncontextual = true\n", encoding="utf-8")
+    assert load_config(toml, env={}).chunking.contextual is True
+    assert load_config(toml, env={"PIPELINE_CONTEXTUAL": "0"}).chunking.contextual is False
+    toml.write_text('[chunking]\ncontextual = "yes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[chunking\] contextual: expected true or false"):
+        load_config(toml, env={})
+    with pytest.raises(ConfigError, match="PIPELINE_CONTEXTUAL"):
+        load_config(None, env={"PIPELINE_CONTEXTUAL": "maybe"})
+
+
+# --- a run against the emulator: the model gets the prefix, the index keeps the chunk's own text ----------
+
+
+def test_embed_with_contextual_chunks_through_the_emulator(tmp_path: Path) -> None:
+    import os
+    from dataclasses import replace
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline import api
+    from pipeline.config import load_config
+    from pipeline.emulator import EmulatorProfile, start_emulator
+    from pipeline.emulator.vectors import embed_texts
+    from pipeline.errors import ModelMismatchError
+    from pipeline.run_context import RunContext
+    from pipeline.store import current_snapshot
+
+    corpus = _pinned_corpus(tmp_path / "corpus")
+    (corpus / "guide.md").write_text("# Brewing Guide\n\n" + "".join(
+        f"## Step {i}\n\n" + f"Step {i} says something about coffee that takes a while to say. " * 12 + "\n\n"
+        for i in range(4)), encoding="utf-8")
+    (corpus / "plain.txt").write_text("Plain text has no title and no headings.\n", encoding="utf-8")
+    (corpus / "note.md").write_text("# Note\n\nA short note that fits one chunk.\n", encoding="utf-8")
+    with start_emulator(EmulatorProfile()) as emu:
+        env = {**os.environ, "GIGACHAT_BASE_URL": emu.base_url, "GIGACHAT_AUTH_URL": emu.auth_url,
+               "GIGACHAT_CREDENTIALS": emu.credentials}
+        unset = load_config(None, env=env, model="Embeddings", corpus=corpus, out_dir=tmp_path / "out")
+        on = replace(unset, chunking=replace(unset.chunking, contextual=True))
+        before = api.embed(unset)  # no live index, no setting: the product default (off)
+        with pytest.raises(ModelMismatchError, match="--new-index"):
+            api.embed(on)
+        report = api.embed(on, new_index=True)
+        beside = Path(report.out_dir)
+        assert beside != unset.out_dir
+        # the chunks that need no prefix and keep their boundaries (plain text, a note that starts with its
+        # title) come from the cache the first run filled; the rest is embedded with their prefix
+        assert report.cached >= 2 and report.embedded == report.chunks - report.cached > 0
+        follow = replace(unset, out_dir=beside)
+        again = api.embed(follow, verify=True)  # unset follows the live index: contextual, nothing to embed
+        with (corpus / "guide.md").open("a", encoding="utf-8") as f:
+            f.write("## Step 4\n\n" + "Serve it hot, and talk about it at length. " * 14)
+        plan = api.plan(follow)  # what embed will send, counted the way embed counts it
+        edited = api.embed(follow)
+        chunked_now = list(api.chunk_corpus(follow, corpus))
+    assert before.exit_code == report.exit_code == again.exit_code == edited.exit_code == 0
+    assert again.embedded == 0 and again.chunks == report.chunks
+    assert not any("other settings" in n for n in plan.notes)
+    assert (plan.texts_to_send, plan.tokens) == (edited.embedded, edited.tokens) and edited.embedded > 0
+    assert RunContext.open(follow, follow.model_spec()).settings.contextual
+
+    snap = current_snapshot(beside)
+    table = pq.read_table(snap.vectors_path)
+    meta = json.loads(table.schema.metadata[b"pipeline"])
+    assert meta["fingerprint"]["chunking"]["contextual"] is True
+    texts = {d.doc_id: d.text for d in iter_documents(corpus)}
+    expected = {c.chunk_id: c for c in chunked_now}
+    prefixed = 0
+    for row, vector in zip(table.drop(["vector"]).to_pylist(), table.column("vector").to_numpy(zero_copy_only=False),
+                           strict=True):
+        assert row["text"] == texts[row["doc_id"]][row["char_start"] : row["char_end"]]
+        chunk = expected[row["chunk_id"]]
+        assert row["content_hash"] == sha(chunk.context + row["text"])
+        sent = embed_texts("Embeddings", [chunk.context + row["text"]])[0]
+        assert np.allclose(vector, sent / np.linalg.norm(sent), atol=1e-5)
+        if chunk.context:
+            prefixed += 1
+            assert json.loads(row["metadata"])["headings"]
+            bare = embed_texts("Embeddings", [row["text"]])[0]
+            assert not np.allclose(vector, bare / np.linalg.norm(bare), atol=1e-3)
+    assert prefixed >= 3
