@@ -46,7 +46,10 @@ def contextual_setting(config: Config, out_dir: Path) -> bool:
     re-chunks (and re-embeds) an existing index; with no live index, CONTEXTUAL_DEFAULT."""
     if config.chunking.contextual is not None:
         return config.chunking.contextual
-    live = snapshot_fingerprint(out_dir)
+    try:
+        live = snapshot_fingerprint(out_dir)
+    except StoreError:  # a damaged output directory: the run that reads it says so, `pipeline chunk` need not
+        live = None
     if live is None:
         return CONTEXTUAL_DEFAULT
     return bool(live.get("chunking", {}).get("contextual", False))
