@@ -40,6 +40,8 @@ class RetryPolicy:
 
     A 429's Retry-After is honoured up to max_retry_after_s; beyond it the call fails at once with a
     RateLimitError that says why, since waiting a day holds the output lock and the scheduler's slot.
+    A 429 that says when to come back is not a failed attempt: callers sharing a key would otherwise spend
+    their attempts colliding; the deadline (and max_rate_limited_waits) bounds those waits instead.
     """
 
     max_attempts: int = 4
@@ -47,6 +49,7 @@ class RetryPolicy:
     max_wait_s: float = 8.0
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
     deadline_s: float | None = 120.0  # the whole call, retries included; None: attempts alone bound it
+    max_rate_limited_waits: int = 32  # 429s with a usable Retry-After waited out, at most
 
     @classmethod
     def for_config(cls, config: Config) -> RetryPolicy:
@@ -74,8 +77,13 @@ class RetryPolicy:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _tenacity(self) -> dict[str, object]:
-        return {"stop": self._stop, "wait": self._wait, "retry": retry_if_exception(self._retryable),
-                "reraise": True}
+        failed = [0, 0]  # this call's failed attempts: other errors, 429s with a usable Retry-After
+
+        def stop(state: RetryCallState) -> bool:
+            failed[self._asked(state) is not None] += 1
+            return self._stop(state, failed[0], failed[1])
+
+        return {"stop": stop, "wait": self._wait, "retry": retry_if_exception(self._retryable), "reraise": True}
 
     def _retryable(self, exc: BaseException) -> bool:
         if not isinstance(exc, ProviderError) or not exc.retryable:
@@ -84,21 +92,22 @@ class RetryPolicy:
             return usable_retry_after(exc.retry_after, self.max_retry_after_s) is not None
         return True
 
-    def _stop(self, state: RetryCallState) -> bool:
-        if state.attempt_number >= self.max_attempts:
+    def _stop(self, state: RetryCallState, failures: int, rate_limited: int) -> bool:
+        if failures >= self.max_attempts or rate_limited > self.max_rate_limited_waits:
             return True
         return self.deadline_s is not None and \
             (state.seconds_since_start or 0.0) + self._longest_wait(state) > self.deadline_s
 
     def _wait(self, state: RetryCallState) -> float:
-        if self._asked(state) is not None:
-            return self._longest_wait(state)
+        asked = self._asked(state)
+        if asked is not None:  # a little past it, spread: callers told the same time must not all come back at once
+            return asked + random.uniform(0.0, min(1.0, max(asked, 0.05)))
         return self._longest_wait(state) * random.uniform(0.5, 1.0)
 
     def _longest_wait(self, state: RetryCallState) -> float:
         asked = self._asked(state)
         if asked is not None:
-            return asked
+            return asked + min(1.0, max(asked, 0.05))
         return min(self.max_wait_s, self.initial_wait_s * 2.0 ** (state.attempt_number - 1))
 
     def _asked(self, state: RetryCallState) -> float | None:

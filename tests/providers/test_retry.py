@@ -62,6 +62,31 @@ def test_retry_after_over_the_cap_fails_at_once_and_says_why(asked: float) -> No
     assert info.value.retryable  # a later run may well get through
 
 
+def test_429s_that_say_when_are_waited_out_not_counted_as_failed_attempts() -> None:
+    # Eight callers on one key collide; spending the 4 attempts on 429s failed 8 concurrent searches.
+    fn, calls = failing([RateLimitError("busy", status=429, retry_after=0.01) for _ in range(10)])
+    assert FAST.call(fn) == "ok"
+    assert len(calls) == 11
+
+
+def test_429_waits_are_bounded_too() -> None:
+    policy = RetryPolicy(initial_wait_s=0.001, max_wait_s=0.002, max_rate_limited_waits=5)
+    fn, calls = failing([RateLimitError("busy", status=429, retry_after=0.01) for _ in range(50)])
+    with pytest.raises(RateLimitError):
+        policy.call(fn)
+    assert len(calls) == 6
+
+
+def test_callers_told_the_same_retry_after_come_back_spread() -> None:
+    waits = []
+    for _ in range(20):
+        fn, calls = failing([RateLimitError("busy", status=429, retry_after=0.05)])
+        FAST.call(fn)
+        waits.append(calls[1] - calls[0])
+    assert min(waits) >= 0.049
+    assert max(waits) - min(waits) > 0.01
+
+
 def test_the_deadline_bounds_the_whole_call() -> None:
     policy = RetryPolicy(max_attempts=100, initial_wait_s=0.05, max_wait_s=0.05, deadline_s=0.3)
     fn, calls = failing([ServerError("boom", status=500) for _ in range(100)])
