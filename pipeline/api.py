@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .planning import EmbedPlan
 from .providers import EmbeddingProvider
 from .records import Chunk, Hit, ModelSpec
+from .remote import reading
 from .run import EXIT_NOTHING_EMBEDDED, EXIT_PARTIAL, EmbedReport, Progress, no_progress
 from .sources import SourceReport
 
@@ -71,7 +72,7 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
     """What `embed` would send, and how long it should take, without calling the provider."""
-    return run.plan(config, latency_ms=latency_ms)
+    return run.plan(reading(config, must_exist=False), latency_ms=latency_ms)
 
 
 def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = None,
@@ -100,7 +101,7 @@ def search(config: Config, query: str, *, k: int = 5, model: str | None = None,
     from .search import Searcher
 
     started = time.perf_counter()
-    searcher = Searcher(config, model)
+    searcher = Searcher(reading(config), model)
     vector = searcher.embed([query], is_query=True)[0]
     hits = searcher.hits(query, vector, k, filters, hybrid)
     return SearchResult(query, searcher.spec.name, hits, time.perf_counter() - started)
@@ -110,7 +111,8 @@ def evaluate(config: Config, dataset: Path, *, work_dir: Path | None = None, k: 
              progress: Progress = no_progress) -> EvalReport:
     """Retrieval quality on a BEIR dataset (EvalReport): exact, the chosen index, BM25 and hybrid.
 
-    The corpus goes through the normal pipeline into work_dir (default OUT/eval/<dataset>/<model>).
+    The corpus goes through the normal pipeline into work_dir (default OUT/eval/<dataset>/<model>; for a
+    remote OUT, under its local mirror: an evaluation's index is scratch, never pushed).
     """
     from .evaluate import evaluate as run_evaluation
 
@@ -137,7 +139,7 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     from .search import Searcher
 
     chat_spec = resolve_chat_model(config, chat_model)  # before any work: a bad name fails fast
-    searcher = Searcher(config, model)
+    searcher = Searcher(reading(config), model)
     vector = searcher.embed([question], is_query=True)[0]
     hits = searcher.hits(question, vector, k, filters, hybrid)
     if chat_spec is None:
@@ -161,8 +163,11 @@ def cache_stats(config: Config) -> list[CacheKeyStats]:
     return stats(config.cache_dir)
 
 
-def prune_cache(config: Config, out_dirs: Iterable[Path] | None = None, *, dry_run: bool = False) -> PruneReport:
+def prune_cache(config: Config, out_dirs: Iterable[Path | str] | None = None, *,
+                dry_run: bool = False) -> PruneReport:
     """Delete cached vectors that no live snapshot of `out_dirs` (default: config.out_dir) uses, then VACUUM.
+
+    An output may be a URI (s3://bucket/prefix): its live snapshot is pulled (when it moved) and read.
 
     Only the model keys of those snapshots are pruned; other keys are left alone (PruneReport.untouched_keys).
     Raises StoreError when an output directory has no live snapshot.
@@ -171,7 +176,7 @@ def prune_cache(config: Config, out_dirs: Iterable[Path] | None = None, *, dry_r
     from .store import live_content_hashes
 
     live: dict[str, tuple[int, set[str]]] = {}
-    for out_dir in out_dirs or [config.out_dir]:
-        key, dimension, hashes = live_content_hashes(out_dir)
+    for out in [reading(config.with_out(o)) for o in out_dirs] if out_dirs else [reading(config)]:
+        key, dimension, hashes = live_content_hashes(out.out_dir)
         live.setdefault(key, (dimension, set()))[1].update(hashes)
     return prune(config.cache_dir, live, dry_run=dry_run)

@@ -76,8 +76,9 @@ def _print_json(data: Any) -> None:
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                              envvar="PIPELINE_CONFIG", help="Run config (TOML). Env: PIPELINE_CONFIG.")
-out_option = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-                          help="Output directory (snapshots, index). Default: the config's out_dir, else out/.")
+out_option = click.option("--out", "out_dir", metavar="DIR|URI",
+                          help="Output directory (snapshots, index), or object storage: s3://bucket/prefix (a local "
+                               "mirror under the cache dir is synced). Default: the config's out_dir, else out/.")
 model_option = click.option("--model", help="Embedding model from the registry (see `pipeline models`).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 exact_tokens_option = click.option(
@@ -156,7 +157,7 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: Path | None,
+def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: str | None,
                no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool,
                follow_symlinks: bool | None, verify: bool, allow_shrink: bool, plan_only: bool,
                latency_ms: float | None, progress: bool, as_json: bool) -> None:
@@ -242,7 +243,7 @@ def reindex(**options: Any) -> None:
 @click.option("--memory-budget", help="Peak memory the index build may use (the index, read buffers and "
               "runtime), e.g. 2GiB; auto picks the best index that fits.")
 @json_option
-def index(config_path: Path | None, out_dir: Path | None, index_type: str | None, memory_budget: str | None,
+def index(config_path: Path | None, out_dir: str | None, index_type: str | None, memory_budget: str | None,
           as_json: bool) -> None:
     """(Re)build the FAISS index from the Parquet vectors of the live snapshot."""
     config = _config(config_path, out_dir=out_dir)
@@ -293,7 +294,7 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @out_option
 @_search_options
 @json_option
-def search(query: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
+def search(query: str, k: int, config_path: Path | None, model: str | None, out_dir: str | None,
            as_json: bool, filters: Any = None, hybrid: bool = False) -> None:
     """Semantic search: the K chunks closest to QUERY, with score, source and a snippet.
 
@@ -331,7 +332,7 @@ def search(query: str, k: int, config_path: Path | None, model: str | None, out_
               "Default: [ask] chat_model ('auto': GigaChat-2-Lite when GigaChat credentials are set).")
 @_search_options
 @json_option
-def ask(question: str, k: int, config_path: Path | None, model: str | None, out_dir: Path | None,
+def ask(question: str, k: int, config_path: Path | None, model: str | None, out_dir: str | None,
         chat_model: str | None, as_json: bool, filters: Any = None, hybrid: bool = False) -> None:
     """Answer QUESTION from the indexed corpus, citing sources as [n].
 
@@ -386,7 +387,7 @@ def ask(question: str, k: int, config_path: Path | None, model: str | None, out_
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Cut-off for the metrics.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr.")
 @json_option
-def eval_command(dataset: Path, config_path: Path | None, model: str | None, out_dir: Path | None,
+def eval_command(dataset: Path, config_path: Path | None, model: str | None, out_dir: str | None,
                  work_dir: Path | None, index_type: str | None, memory_budget: str | None, k: int, progress: bool,
                  as_json: bool) -> None:
     """Retrieval quality on DATASET (BEIR layout: queries, corpus, qrels; one .json file or a folder).
@@ -460,12 +461,12 @@ def cache_stats_command(config_path: Path | None, as_json: bool) -> None:
 
 @cache_group.command("prune")
 @config_option
-@click.option("--out", "out_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dirs", multiple=True, metavar="DIR|URI",
               help="Output directory whose live snapshot's vectors are kept (repeatable). Default: the config's "
                    "out_dir. Only the models of these snapshots are pruned; a --new-index sibling must be given too.")
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; delete nothing.")
 @json_option
-def cache_prune_command(config_path: Path | None, out_dirs: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+def cache_prune_command(config_path: Path | None, out_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Remove cached vectors that no live snapshot of the given output directories uses, then VACUUM."""
     config = _config(config_path)
     from . import api

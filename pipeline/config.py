@@ -5,6 +5,7 @@ Builds frozen dataclasses; each stage receives only its part. Reads files and th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .records import ModelSpec
@@ -31,6 +33,7 @@ __all__ = [
     "OpenAISettings",
     "Secret",
     "SourcesConfig",
+    "StorageConfig",
     "find_registry",
     "load_config",
     "load_registry",
@@ -167,8 +170,67 @@ class OpenAISettings:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """An output on object storage (`--out s3://bucket/prefix`): endpoint, and the bounds of each remote call.
+
+    Credentials are never here: pyarrow reads them as the AWS SDKs do (AWS_ACCESS_KEY_ID, ~/.aws, ...).
+    """
+
+    endpoint_url: str = ""  # env AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL; "": AWS itself
+    region: str = ""  # env AWS_REGION, else AWS_DEFAULT_REGION; "": asked of the bucket
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0  # one HTTP request (a multipart piece of an upload, not the whole file)
+    max_attempts: int = 4  # per request, with the AWS SDK's backoff
+    lease_ttl_s: float = 600.0  # a writer's lease object lapses this long after its last heartbeat
+
+
+REMOTE_SCHEMES = ("s3", "gs", "file")  # --out URIs: S3 (and compatible servers), Google Cloud Storage, a mount
+
+
+def _remote_out(value: str, what: str) -> str | None:
+    """The normalised URI when `value` is one (scheme://...), None for a local path; ConfigError naming `what`."""
+    if "://" not in value:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", value):  # s3:/bucket: a URI short of a slash, not a folder
+            raise ConfigError(f"{what} {value}: not a URI (scheme://...) nor a plain directory; did you mean "
+                              f"{value.replace(':/', '://', 1)}?")
+        return None
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if "@" in parts.netloc:  # s3://KEY:SECRET@bucket: never shown again, not even in this error
+        raise ConfigError(f"{what}: credentials in the URI are not accepted (they would be logged); "
+                          "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+    if scheme not in REMOTE_SCHEMES:
+        raise ConfigError(f"{what} {value}: unsupported scheme {scheme!r}; use s3://bucket/prefix, "
+                          "gs://bucket/prefix or file:///absolute/path")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{what} {value}: options in the URI are not read; set the endpoint and region in "
+                          "[storage] or the AWS_* environment")
+    path = parts.path.rstrip("/")
+    if scheme == "file":
+        if parts.netloc or not path.startswith("/"):
+            raise ConfigError(f"{what} {value}: a file URI needs an absolute path: file:///srv/index")
+        return f"file://{path}"
+    if not parts.netloc or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,221}", parts.netloc):
+        raise ConfigError(f"{what} {value}: expected {scheme}://bucket/prefix with a valid bucket name")
+    if "//" in path or any(p in (".", "..") for p in path.split("/")):
+        raise ConfigError(f"{what} {value}: the prefix has an empty, '.' or '..' part")
+    return f"{scheme}://{parts.netloc}{path}"
+
+
+def mirror_dir(cache_dir: Path, uri: str, endpoint_url: str = "") -> Path:
+    """The local mirror of a remote output: under the cache, named for its URI (and endpoint: another server
+    holds other data under the same name)."""
+    digest = hashlib.sha256(f"{endpoint_url}|{uri}".encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.split("://", 1)[1]).strip("_")[:60]
+    return cache_dir / "remote" / f"{readable}-{digest}"
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole run's settings, after file, environment and command-line overrides."""
+    """A whole run's settings, after file, environment and command-line overrides.
+
+    With a remote output (`out_uri`), `out_dir` is its local mirror under the cache (remote.py syncs the two).
+    """
 
     corpus: Path | None
     model: str
@@ -183,6 +245,8 @@ class Config:
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    out_uri: str = ""  # s3://bucket/prefix (or gs://, file://) when the output is remote; "" for a local one
     source: str = "<defaults>"
 
     def model_spec(self, name: str | None = None) -> ModelSpec:
@@ -195,6 +259,22 @@ class Config:
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def with_out(self, value: str | Path, what: str = "--out") -> Config:
+        """This config writing to `value`: a local directory, or a URI (s3://bucket/prefix) and its mirror.
+
+        Every change of output goes through here, so a remote URI never outlives the directory it mirrors.
+        Raises ConfigError naming `what` for a URI that cannot be one.
+        """
+        uri = _remote_out(str(value), what) if isinstance(value, str) else None
+        if uri is None:
+            return replace(self, out_dir=Path(value), out_uri="")
+        return replace(self, out_dir=mirror_dir(self.cache_dir, uri, self.storage.endpoint_url), out_uri=uri)
+
+    @property
+    def out_label(self) -> str:
+        """The output as the user named it: the URI of a remote one, else the directory."""
+        return self.out_uri or str(self.out_dir)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -442,7 +522,7 @@ def load_config(
     *,
     model: str | None = None,
     corpus: Path | None = None,
-    out_dir: Path | None = None,
+    out_dir: Path | str | None = None,
 ) -> Config:
     """Read a run config (or defaults), apply the environment, then explicit overrides.
 
@@ -454,14 +534,14 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
     top_allowed = {"corpus", "model", "out_dir", "cache_dir", "registry", "chunking", "embedding",
-                   "index", "ask", "gigachat", "openai", "images", "sources"}
+                   "index", "ask", "gigachat", "openai", "images", "sources", "storage"}
     unknown = set(data) - top_allowed
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown keys {sorted(unknown)}")
     for key in ("corpus", "model", "out_dir", "cache_dir", "registry"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{cfg_path}: {key}: expected a string, got {_shown(data[key])}")
-    for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources"):
+    for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources", "storage"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{cfg_path}: [{key}] must be a table, got {_shown(data[key])}")
 
@@ -494,6 +574,7 @@ def load_config(
                                                        what=f"{cfg_path}: [sources] max_file_size")
         sources = SourcesConfig(**sources_raw)
         openai = _openai_settings(_section(data, "openai", cfg_path, OpenAISettings), env)
+        storage = _storage_settings(_section(data, "storage", cfg_path, StorageConfig), env, cfg_path)
     except TypeError as e:
         raise ConfigError(f"{cfg_path}: {e}") from None
     if env.get("PIPELINE_CHAT_MODEL") is not None:
@@ -514,12 +595,20 @@ def load_config(
                           "least 1")
 
     corpus_value = corpus or (Path(data["corpus"]) if data.get("corpus") else None)
-    out_value = out_dir or Path(env.get("PIPELINE_OUT_DIR") or data.get("out_dir") or DEFAULT_OUT_DIR)
+    # (value, where it came from): a bad URI's error names the option, variable or file that gave it
+    out_value: str | Path = DEFAULT_OUT_DIR
+    out_what = "out_dir"
+    if out_dir:
+        out_value, out_what = out_dir, "--out"
+    elif env.get("PIPELINE_OUT_DIR"):
+        out_value, out_what = env["PIPELINE_OUT_DIR"], "PIPELINE_OUT_DIR"
+    elif data.get("out_dir"):
+        out_value, out_what = data["out_dir"], f"{cfg_path}: out_dir"
     cache_value = Path(data["cache_dir"]) if data.get("cache_dir") else _default_cache_dir(env)
     return Config(
         corpus=corpus_value,
         model=chosen,
-        out_dir=out_value,
+        out_dir=Path(DEFAULT_OUT_DIR),
         cache_dir=cache_value,
         registry=registry,
         chunking=chunking,
@@ -530,5 +619,19 @@ def load_config(
         openai=openai,
         images=images,
         sources=sources,
+        storage=storage,
         source=str(cfg_path),
-    )
+    ).with_out(out_value, out_what)
+
+
+def _storage_settings(section: dict[str, Any], env: Mapping[str, str], path: Path) -> StorageConfig:
+    """[storage], with the AWS SDKs' own variables on top for the endpoint and region."""
+    storage = StorageConfig(**section)
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or storage.endpoint_url
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or storage.region
+    if endpoint and (urlsplit(endpoint).scheme not in ("http", "https") or "@" in urlsplit(endpoint).netloc):
+        raise ConfigError(f"{path}: [storage] endpoint_url (or AWS_ENDPOINT_URL): expected http(s)://host[:port] "
+                          "without credentials")
+    if min(storage.connect_timeout_s, storage.request_timeout_s, storage.lease_ttl_s) <= 0 or storage.max_attempts < 1:
+        raise ConfigError(f"{path}: [storage] timeouts and lease_ttl_s must be positive, max_attempts at least 1")
+    return replace(storage, endpoint_url=endpoint.rstrip("/"), region=region)

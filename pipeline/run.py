@@ -214,7 +214,7 @@ def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, 
     snapshot's kept rows are copied batch by batch, so memory follows the settings, not the corpus.
     """
     config, out_dir = ctx.config, ctx.out_dir
-    report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=str(out_dir))
+    report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=config.out_label)
     sources = SourceReport()
     diff = CorpusDiff()
     cache = ctx.cache()
@@ -341,7 +341,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
 
 def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
     """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
-    with locked(config.out_dir):
+    with locked(config):
         live = live_snapshot(config.out_dir)
         snap = new_snapshot_dir(config.out_dir)
         for src in (live.vectors_path, live.manifest_path):

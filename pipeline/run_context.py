@@ -10,7 +10,7 @@ import contextlib
 import errno
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .providers import EmbeddingProvider, embedding_provider, provider_endpoint
 from .providers.base import TokenCountingProvider
 from .providers.retry import RetryPolicy
 from .records import ModelSpec
+from .remote import live_fingerprint, synced
 from .store import (
     Snapshot,
     VectorCache,
@@ -47,7 +48,7 @@ def contextual_setting(config: Config, out_dir: Path) -> bool:
     if config.chunking.contextual is not None:
         return config.chunking.contextual
     try:
-        live = snapshot_fingerprint(out_dir)
+        live = live_fingerprint(config) if config.out_uri and out_dir == config.out_dir else snapshot_fingerprint(out_dir)
     except StoreError:  # a damaged output directory: the run that reads it says so, `pipeline chunk` need not
         live = None
     if live is None:
@@ -74,7 +75,11 @@ def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
 
 
 @contextlib.contextmanager
-def locked(out_dir: Path) -> Iterator[None]:
+def locked(config: Config) -> Iterator[None]:
+    """Hold the output directory's run lock (LockHeldError when another run has it), crashed runs' leftovers
+    removed. A remote output's mirror is synced under it: pulled before the block, pushed after (remote.synced).
+    """
+    out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out_dir / ".lock")
     try:
@@ -87,7 +92,8 @@ def locked(out_dir: Path) -> Iterator[None]:
                          "locks: put --out on a local disk") from None
     try:
         remove_stray_files(out_dir)  # a crashed run's temporary files and unpublished snapshots
-        yield
+        with synced(config):
+            yield
     finally:
         lock.release()
 
@@ -131,12 +137,13 @@ class RunContext:
             "query_instruction": spec.query_instruction, "passage_instruction": spec.passage_instruction,
             "chunking": chunking,
         }
-        out_dir = config.out_dir
         if new_index:
-            live = current_snapshot(out_dir) if out_dir.exists() else None
-            if live is not None and live.manifest().get("fingerprint_id") != fingerprint_id(fp):
-                out_dir = out_dir.with_name(f"{out_dir.name}.{fp['model']}-{fingerprint_id(fp)[:8]}")
-        return cls(replace(config, out_dir=out_dir), spec, settings, counter, fp)
+            live = live_fingerprint(config) if config.out_uri else snapshot_fingerprint(config.out_dir)
+            if live is not None and fingerprint_id(live) != fingerprint_id(fp):
+                suffix = f".{fp['model']}-{fingerprint_id(fp)[:8]}"
+                config = config.with_out(config.out_uri + suffix if config.out_uri
+                                         else config.out_dir.with_name(config.out_dir.name + suffix))
+        return cls(config, spec, settings, counter, fp)
 
     @property
     def out_dir(self) -> Path:
@@ -162,7 +169,7 @@ class RunContext:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold out_dir's run lock, with the previous snapshot read under it. Raises LockHeldError."""
-        with locked(self.out_dir):
+        with locked(self.config):
             self.read_previous()
             yield
 
@@ -173,7 +180,7 @@ class RunContext:
     def mismatch(self) -> ModelMismatchError:
         was = (self.manifest or {}).get("fingerprint", {})
         return ModelMismatchError(
-            f"{self.out_dir} holds an index of {was.get('model')!r} with other settings "
+            f"{self.config.out_label} holds an index of {was.get('model')!r} with other settings "
             f"(fingerprint {(self.manifest or {}).get('fingerprint_id')}); this run would be {self.spec.name!r} "
             f"({self.fingerprint_id}). Use --new-index to build beside it, or --out another directory")
 
