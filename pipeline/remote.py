@@ -370,8 +370,9 @@ def _publish(remote: Remote, mirror: Path, started_from: str | None) -> None:
         sent = remote.push(mirror, name)
         remote.switch(name)
     except (StoreError, FileNotFoundError) as e:
-        raise StoreError(f"push failed, the remote CURRENT still names {started_from} (readers keep it) and "
-                         f"the next run pushes again: {e}") from None
+        raise StoreError(f"{remote.uri}: push of snapshot {name} failed; the remote CURRENT still names "
+                         f"{started_from} (readers keep it) and the next run pushes again: "
+                         f"{str(e).removeprefix(remote.uri + ': ')}") from None
     write_json_atomic({"uri": remote.uri, "current": name}, mirror / STATE_FILE)
     log.info("%s: pushed snapshot %s (%d bytes), CURRENT moved", remote.uri, name, sent)
     try:  # CURRENT has moved: what follows is housekeeping, retried by the next run

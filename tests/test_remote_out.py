@@ -113,11 +113,12 @@ def test_push_search_elsewhere_incremental_and_a_failed_push(tmp_path: Path, s3:
     assert len(manifest["documents"]) == len(TOPICS)
     assert "idx/.lease" not in {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}  # released
 
-    # The same corpus into a local directory: the remote output must search exactly like it.
-    local = tmp_path / "local-out"
-    assert _embed(writer, "embed", corpus, str(local)).returncode == 0
+    # The same corpus into a local directory (same cache: nothing sent): the remote output searches exactly alike.
+    local = load_config(None, env=writer, corpus=corpus, out_dir=tmp_path / "local-out", model="Embeddings")
+    assert api.embed(local).exit_code == 0
     query = "which city stands on a river"
-    assert _hits(reader, uri, query) == _hits(writer, str(local), query)
+    expected = [(h.chunk_id, h.text, round(h.score, 5)) for h in api.search(local, query, k=3).hits]
+    assert _hits(reader, uri, query) == expected
 
     # A re-run from a third machine after one edit: it pulls the live snapshot, sends only the edited document.
     (corpus / "doc2.txt").write_text("Document 2 is about black holes, light and event horizons.\n", encoding="utf-8")
@@ -135,7 +136,7 @@ def test_push_search_elsewhere_incremental_and_a_failed_push(tmp_path: Path, s3:
     _deny_current(client, "idx")
     failed = _embed(rerun, "reindex", corpus, uri)
     assert failed.returncode == 1
-    assert failed.stderr.count("\n") == 1 and "push failed" in failed.stderr and moved in failed.stderr
+    assert failed.stderr.count("\n") == 1 and f"failed; the remote CURRENT still names {moved}" in failed.stderr
     assert _remote(client, "idx")[0] == moved
     assert "event horizons" in _hits(reader, uri, "quasars black holes")[0][1]
 
@@ -177,8 +178,8 @@ def test_a_live_lease_of_another_writer_refuses_and_a_lapsed_one_does_not(tmp_pa
     ("s3:/pipeline-test/idx", "did you mean s3://pipeline-test/idx"),
     ("s3://AKIA:" + SECRET + "@pipeline-test/idx", "credentials in the URI"),
     ("ftp://host/idx", "unsupported scheme"),
-    (f"s3://no-such-bucket/idx", "bucket 'no-such-bucket' does not exist"),
-])
+    ("s3://no-such-bucket/idx", "bucket 'no-such-bucket' does not exist"),
+], ids=["no-bucket", "one-slash", "credentials", "scheme", "missing-bucket"])
 def test_a_bad_uri_or_a_missing_bucket_is_one_line_exit_2(tmp_path: Path, s3: tuple[str, Any], emu: Any,
                                                           out: str, says: str) -> None:
     env = _env(emu, s3[0], tmp_path / "cache")
