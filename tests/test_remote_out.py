@@ -19,6 +19,7 @@ import pytest
 from pipeline import api
 from pipeline.config import load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
+from pipeline.errors import LockHeldError
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -157,20 +158,24 @@ def test_push_search_elsewhere_incremental_and_a_failed_push(tmp_path: Path, s3:
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_a_live_lease_of_another_writer_refuses_and_a_lapsed_one_does_not(tmp_path: Path, s3: tuple[str, Any],
-                                                                         emu: Any) -> None:
+def test_a_live_lease_of_another_writer_refuses_and_a_lapsed_one_does_not(
+        tmp_path: Path, s3: tuple[str, Any], emu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint, client = s3
-    corpus, env = _corpus(tmp_path), _env(emu, endpoint, tmp_path / "cache")
+    env = _env(emu, endpoint, tmp_path / "cache")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # pyarrow reads them from the process
+        monkeypatch.setenv(key, env[key])
+    config = load_config(None, env=env, corpus=_corpus(tmp_path), out_dir=f"s3://{BUCKET}/leased", model="Embeddings")
     lease = {"writer": "elsewhere", "host": "another-host", "pid": 4242, "expires_at": time.time() + 600}
     client.put_object(Bucket=BUCKET, Key="leased/.lease", Body=json.dumps(lease).encode())
-    held = _embed(env, "reindex", corpus, f"s3://{BUCKET}/leased")
-    assert held.returncode == 75
-    assert "another-host pid 4242" in held.stderr and "one writer per prefix" in held.stderr
+    with pytest.raises(LockHeldError, match="another-host pid 4242.*one writer per prefix") as held:
+        api.embed(config)
+    assert held.value.exit_code == 75
     assert _remote(client, "leased") == (None, set())
 
     client.put_object(Bucket=BUCKET, Key="leased/.lease", Body=json.dumps({**lease, "expires_at": 1.0}).encode())
-    assert _embed(env, "reindex", corpus, f"s3://{BUCKET}/leased").returncode == 0
+    assert api.embed(config).exit_code == 0
     assert _remote(client, "leased")[0] is not None
+    assert "leased/.lease" not in {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
 
 
 @pytest.mark.parametrize(("out", "says"), [
