@@ -15,11 +15,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
@@ -32,6 +32,7 @@ from .store import CURRENT, META_KEY, SNAPSHOTS, Snapshot, publish_snapshot, wri
 __all__ = ["LEASE", "Remote", "live_fingerprint", "reading", "synced"]
 
 log = logging.getLogger("pipeline.remote")
+T = TypeVar("T")
 
 LEASE = ".lease"  # the writer's lease object, beside CURRENT
 STATE_FILE = ".remote.json"  # in a mirror: the remote CURRENT it last saw (pulled or pushed)
@@ -90,7 +91,7 @@ class Remote:
             options["region"] = region
         return pafs.S3FileSystem(**options)
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(*args)
         except FileNotFoundError:
@@ -193,7 +194,7 @@ class Remote:
                              f"missing or of another size, e.g. {wrong[0]})")
         return sum(local[rel] for rel in todo)
 
-    def _each(self, what: str, fn: Any, items: list[str]) -> None:
+    def _each(self, what: str, fn: Callable[[str], None], items: list[str]) -> None:
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
             for future in [pool.submit(self._call, f"{what}: {item}", fn, item) for item in items]:
                 future.result()
@@ -390,21 +391,24 @@ def reading(config: Config, *, must_exist: bool = True) -> Config:
     if not config.out_uri:
         return config
     remote = Remote(config)
-    copy = config.out_dir.with_name(config.out_dir.name + ".read")  # apart from a writer's mirror: no shared lock
-    for attempt in (1, 2):
-        live = remote.current()
-        if live is None and must_exist:
-            raise StoreError(f"{config.out_uri}: nothing embedded yet; run `pipeline embed --out "
-                             f"{config.out_uri}` first")
-        if live is not None and _local_current(config.out_dir) == live:
-            return config.with_out(config.out_dir)  # this machine's writer has it already
+    try:
+        return _reader_view(config, remote, must_exist)
+    except FileNotFoundError:  # retired while we pulled: CURRENT has moved on, so once more from the new one
         try:
-            _refresh(remote, copy, live)
-            return config.with_out(copy)
-        except FileNotFoundError:  # retired while we pulled: CURRENT has moved on
-            if attempt == 2:
-                raise StoreError(f"{config.out_uri}: snapshot {live} vanished while being pulled twice") from None
-    raise AssertionError("unreachable")
+            return _reader_view(config, remote, must_exist)
+        except FileNotFoundError as e:
+            raise StoreError(f"{config.out_uri}: the live snapshot keeps vanishing while being pulled: {e}") from None
+
+
+def _reader_view(config: Config, remote: Remote, must_exist: bool) -> Config:
+    live = remote.current()
+    if live is None and must_exist:
+        raise StoreError(f"{config.out_uri}: nothing embedded yet; run `pipeline embed --out {config.out_uri}` first")
+    if live is not None and _local_current(config.out_dir) == live:
+        return config.with_out(config.out_dir)  # this machine's writer has it already
+    copy = config.out_dir.with_name(config.out_dir.name + ".read")  # apart from a writer's mirror: no shared lock
+    _refresh(remote, copy, live)
+    return config.with_out(copy)
 
 
 def _refresh(remote: Remote, copy: Path, live: str | None) -> None:

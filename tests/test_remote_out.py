@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import moto.server as moto_server
 import pytest
 
 from pipeline import api
 from pipeline.config import load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
-from pipeline.errors import LockHeldError
-
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+from pipeline.errors import ConfigError, LockHeldError
 
 BUCKET = "pipeline-test"
 SECRET = "wJalrXUtnFEMI-pipeline-test-secret-7f3a"  # must never show in output, reports or remote objects
@@ -208,3 +207,21 @@ def test_a_file_uri_is_a_shared_mount_synced_the_same_way(tmp_path: Path, emu: A
     hits = api.search(reader, "bread starter", k=1).hits
     assert hits[0].source_path == "doc1.txt"
     assert (tmp_path / "b" / "remote").is_dir()  # searched from the reader's own copy, pulled from the mount
+
+
+def test_a_uri_from_the_config_file_or_environment_and_its_mirror(tmp_path: Path) -> None:
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('out_dir = "s3://Bad_Bucket/idx"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{run_toml}: out_dir s3://Bad_Bucket/idx: expected s3://bucket/prefix"):
+        load_config(run_toml, env={})
+    env = {"PIPELINE_OUT_DIR": "s3://bkt/team/idx/", "PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
+    config = load_config(None, env=env)
+    assert config.out_uri == "s3://bkt/team/idx" and config.out_label == config.out_uri
+    assert config.out_dir.parent == tmp_path / "cache" / "remote"
+    elsewhere = load_config(None, env={**env, "AWS_ENDPOINT_URL": "http://minio.internal:9000"})
+    assert elsewhere.storage.endpoint_url == "http://minio.internal:9000"
+    assert elsewhere.out_dir != config.out_dir  # another server's bucket of that name is other data
+    with pytest.raises(ConfigError, match="without credentials"):
+        load_config(None, env={**env, "AWS_ENDPOINT_URL": "http://user:pw@minio.internal:9000"})
+    local = config.with_out(tmp_path / "local")
+    assert local.out_uri == "" and local.out_dir == tmp_path / "local"
