@@ -77,8 +77,9 @@ def _print_json(data: Any) -> None:
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                              envvar="PIPELINE_CONFIG", help="Run config (TOML). Env: PIPELINE_CONFIG.")
 out_option = click.option("--out", "out_dir", metavar="DIR|URI",
-                          help="Output directory (snapshots, index), or object storage: s3://bucket/prefix (a local "
-                               "mirror under the cache dir is synced). Default: the config's out_dir, else out/.")
+                          help="Output directory (snapshots, index), or object storage: "
+                               "s3://bucket/prefix (a local mirror under the cache dir is synced). Default: "
+                               "the config's out_dir, else out/.")
 model_option = click.option("--model", help="Embedding model from the registry (see `pipeline models`).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 exact_tokens_option = click.option(
@@ -466,7 +467,8 @@ def cache_stats_command(config_path: Path | None, as_json: bool) -> None:
                    "out_dir. Only the models of these snapshots are pruned; a --new-index sibling must be given too.")
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; delete nothing.")
 @json_option
-def cache_prune_command(config_path: Path | None, out_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+def cache_prune_command(config_path: Path | None, out_dirs: tuple[str, ...], dry_run: bool,
+                        as_json: bool) -> None:
     """Remove cached vectors that no live snapshot of the given output directories uses, then VACUUM."""
     config = _config(config_path)
     from . import api

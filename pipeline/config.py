@@ -184,11 +184,13 @@ class StorageConfig:
     lease_ttl_s: float = 600.0  # a writer's lease object lapses this long after its last heartbeat
 
 
-REMOTE_SCHEMES = ("s3", "gs", "file")  # --out URIs: S3 (and compatible servers), Google Cloud Storage, a mount
+REMOTE_SCHEMES = ("s3", "gs", "file")  # --out URIs: S3 and compatible servers, Google Cloud Storage, a mount
 
 
 def _remote_out(value: str, what: str) -> str | None:
-    """The normalised URI when `value` is one (scheme://...), None for a local path; ConfigError naming `what`."""
+    """The normalised URI when `value` is one (scheme://...), None for a local path.
+
+    Raises ConfigError naming `what` (the option, variable or file that gave it)."""
     if "://" not in value:
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", value):  # s3:/bucket: a URI short of a slash, not a folder
             raise ConfigError(f"{what} {value}: not a URI (scheme://...) nor a plain directory; did you mean "
@@ -541,7 +543,8 @@ def load_config(
     for key in ("corpus", "model", "out_dir", "cache_dir", "registry"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{cfg_path}: {key}: expected a string, got {_shown(data[key])}")
-    for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources", "storage"):
+    for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources",
+                "storage"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{cfg_path}: [{key}] must be a table, got {_shown(data[key])}")
 
@@ -630,8 +633,9 @@ def _storage_settings(section: dict[str, Any], env: Mapping[str, str], path: Pat
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or storage.endpoint_url
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or storage.region
     if endpoint and (urlsplit(endpoint).scheme not in ("http", "https") or "@" in urlsplit(endpoint).netloc):
-        raise ConfigError(f"{path}: [storage] endpoint_url (or AWS_ENDPOINT_URL): expected http(s)://host[:port] "
-                          "without credentials")
-    if min(storage.connect_timeout_s, storage.request_timeout_s, storage.lease_ttl_s) <= 0 or storage.max_attempts < 1:
-        raise ConfigError(f"{path}: [storage] timeouts and lease_ttl_s must be positive, max_attempts at least 1")
+        raise ConfigError(f"{path}: [storage] endpoint_url (or AWS_ENDPOINT_URL): expected "
+                          "http(s)://host[:port] without credentials")
+    if min(storage.connect_timeout_s, storage.request_timeout_s, storage.lease_ttl_s) <= 0 \
+            or storage.max_attempts < 1:
+        raise ConfigError(f"{path}: [storage] timeouts and lease_ttl_s must be positive, max_attempts >= 1")
     return replace(storage, endpoint_url=endpoint.rstrip("/"), region=region)

@@ -158,7 +158,7 @@ def evaluate(config: Config, dataset: Path, work_dir: Path, *, k: int = 10,
     corpus_path = work_dir / "corpus" / CORPUS_FILE
     if not corpus_path.is_file():
         write_beir_corpus(corpus, corpus_path)
-    run_config = replace(config, corpus=corpus_path.parent).with_out(work_dir / "out")  # local, even for an s3 --out
+    run_config = replace(config, corpus=corpus_path.parent).with_out(work_dir / "out")  # local, even for s3
     embed_report = embed(run_config, progress=progress)
     searcher = Searcher(run_config)
     qids = list(queries)

@@ -1,7 +1,7 @@
-"""Remote: an output on object storage (s3://, gs://, file://) kept as a local mirror, synced through pyarrow.fs.
+"""Remote: an output on object storage (s3://, gs://, file://) as a local mirror synced through pyarrow.fs.
 
-A writer pulls the remote CURRENT's snapshot into the mirror, runs as usual, pushes the new snapshot and moves
-the remote CURRENT last; readers pull the snapshot CURRENT names when it moved. A lease object keeps writers apart.
+A writer pulls the remote CURRENT's snapshot into the mirror, runs as usual, pushes the new snapshot, moves
+the remote CURRENT last; readers pull what CURRENT names when it moved. A lease object keeps writers apart.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ T = TypeVar("T")
 LEASE = ".lease"  # the writer's lease object, beside CURRENT
 STATE_FILE = ".remote.json"  # in a mirror: the remote CURRENT it last saw (pulled or pushed)
 HISTORY = ("run-report.json", "runs.jsonl")  # a writer's reports, kept beside CURRENT as in a local output
-TRANSFER_THREADS = 4  # files moved at once: object stores serve parallel requests, one stream is latency-bound
+TRANSFER_THREADS = 4  # files moved at once: object stores serve requests in parallel, one is latency-bound
 READ_LOCK_WAIT_S = 600.0  # a reader waits this long for another reader pulling the same snapshot
 
 
@@ -68,9 +68,10 @@ class Remote:
         self.fs = self._filesystem(scheme, rest.split("/", 1)[0])
         if scheme != "file":
             bucket = rest.split("/", 1)[0]
-            if self._call("checking the bucket", self.fs.get_file_info, bucket).type == pafs.FileType.NotFound:
-                raise ConfigError(f"--out {self.uri}: bucket {bucket!r} does not exist"
-                                  f"{' at ' + config.storage.endpoint_url if config.storage.endpoint_url else ''}")
+            found = self._call("checking the bucket", self.fs.get_file_info, bucket)
+            if found.type == pafs.FileType.NotFound:
+                where = f" at {config.storage.endpoint_url}" if config.storage.endpoint_url else ""
+                raise ConfigError(f"--out {self.uri}: bucket {bucket!r} does not exist{where}")
 
     def _filesystem(self, scheme: str, bucket: str) -> pafs.FileSystem:
         storage = self.config.storage
@@ -156,7 +157,8 @@ class Remote:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
-                with self.fs.open_input_stream(self._key(SNAPSHOTS, name, rel)) as src, open(tmp, "wb") as out:
+                key = self._key(SNAPSHOTS, name, rel)
+                with self.fs.open_input_stream(key) as src, open(tmp, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
                 os.replace(tmp, dest)
             finally:
@@ -204,7 +206,7 @@ class Remote:
         self._write(self._key(CURRENT), f"{name}\n".encode())
 
     def retire(self, keep: set[str]) -> list[str]:
-        """Delete every remote snapshot but `keep` (the live one and its rollback), as a local publish does."""
+        """Delete every remote snapshot but `keep` (the live one, its rollback), as a local publish does."""
         base = self._key(SNAPSHOTS)
         infos = self._call(f"listing {base}", self.fs.get_file_info,
                            pafs.FileSelector(base, recursive=False, allow_not_found=True))
@@ -214,8 +216,8 @@ class Remote:
         return gone
 
     def fingerprint(self) -> dict[str, Any] | None:
-        """The fingerprint of the remote live snapshot, from its vectors' Parquet footer (ranged reads, not the
-        manifest, which grows with the corpus), as store.snapshot_fingerprint reads a local one."""
+        """The fingerprint of the remote live snapshot, from its vectors' Parquet footer (ranged reads, not
+        the manifest, which grows with the corpus), as store.snapshot_fingerprint reads a local one."""
         name = self.current()
         if name is None:
             return None
@@ -313,10 +315,11 @@ def synced(config: Config) -> Iterator[None]:
     """For the holder of the mirror's lock: the remote's live snapshot in the mirror before the block, the
     mirror's new one pushed after it (when the block ends normally). A local output passes through.
 
-    Order of a push: every file of the new snapshot, a size check of each, then CURRENT (readers switch there),
-    then the remote retention (all but the new snapshot and its rollback). A failed push leaves CURRENT as it
-    was; the next run pushes again. Writers are kept apart by the mirror's lock on one machine and by a lease
-    object (LockHeldError, exit 75) across machines; the lease is advisory and not atomic: one writer per prefix.
+    Order of a push: every file of the new snapshot, a size check of each, then CURRENT (readers switch
+    there), then the remote retention (all but the new snapshot and its rollback). A failed push leaves
+    CURRENT as it was; the next run pushes again. Writers are kept apart by the mirror's lock on one machine
+    and by a lease object (LockHeldError, exit 75) across machines; the lease is advisory and not atomic:
+    one writer per prefix.
     """
     if not config.out_uri:
         yield
@@ -345,7 +348,8 @@ def _reconcile(remote: Remote, mirror: Path) -> str | None:
         try:
             pulled = remote.pull(live, mirror)
         except FileNotFoundError:
-            raise StoreError(f"{remote.uri}: snapshot {live} that CURRENT names is gone (another writer?)") from None
+            raise StoreError(f"{remote.uri}: snapshot {live} that CURRENT names is gone (another writer?)"
+                             ) from None
         if local != live:
             previous = mirror / SNAPSHOTS / local if local else None
             publish_snapshot(mirror, Snapshot(mirror / SNAPSHOTS / live),
@@ -397,16 +401,18 @@ def reading(config: Config, *, must_exist: bool = True) -> Config:
         try:
             return _reader_view(config, remote, must_exist)
         except FileNotFoundError as e:
-            raise StoreError(f"{config.out_uri}: the live snapshot keeps vanishing while being pulled: {e}") from None
+            raise StoreError(f"{config.out_uri}: the live snapshot vanished twice while pulled: {e}"
+                             ) from None
 
 
 def _reader_view(config: Config, remote: Remote, must_exist: bool) -> Config:
     live = remote.current()
     if live is None and must_exist:
-        raise StoreError(f"{config.out_uri}: nothing embedded yet; run `pipeline embed --out {config.out_uri}` first")
+        raise StoreError(f"{config.out_uri}: nothing embedded yet; run `pipeline embed --out "
+                         f"{config.out_uri}` first")
     if live is not None and _local_current(config.out_dir) == live:
         return config.with_out(config.out_dir)  # this machine's writer has it already
-    copy = config.out_dir.with_name(config.out_dir.name + ".read")  # apart from a writer's mirror: no shared lock
+    copy = config.out_dir.with_name(config.out_dir.name + ".read")  # apart from a writer's mirror and lock
     _refresh(remote, copy, live)
     return config.with_out(copy)
 

@@ -48,7 +48,8 @@ def contextual_setting(config: Config, out_dir: Path) -> bool:
     if config.chunking.contextual is not None:
         return config.chunking.contextual
     try:
-        live = live_fingerprint(config) if config.out_uri and out_dir == config.out_dir else snapshot_fingerprint(out_dir)
+        remote = config.out_uri and out_dir == config.out_dir
+        live = live_fingerprint(config) if remote else snapshot_fingerprint(out_dir)
     except StoreError:  # a damaged output directory: the run that reads it says so, `pipeline chunk` need not
         live = None
     if live is None:
@@ -77,7 +78,8 @@ def chunk_counter(config: Config, spec: ModelSpec) -> TokenCounter:
 @contextlib.contextmanager
 def locked(config: Config) -> Iterator[None]:
     """Hold the output directory's run lock (LockHeldError when another run has it), crashed runs' leftovers
-    removed. A remote output's mirror is synced under it: pulled before the block, pushed after (remote.synced).
+    removed. A remote output's mirror is synced under it: pulled before the block, pushed after it
+    (remote.synced).
     """
     out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
