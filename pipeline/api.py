@@ -143,7 +143,8 @@ def ask(config: Config, question: str, *, k: int = 5, model: str | None = None, 
     vector = searcher.embed([question], is_query=True)[0]
     hits = searcher.hits(question, vector, k, filters, hybrid)
     if chat_spec is None:
-        return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False))
+        return extractive_answer(question, vector, hits, lambda texts: searcher.embed(texts, is_query=False),
+                                 max_chars=config.ask.answer_max_chars)
 
     def search_again(query: str) -> list[Hit]:
         return searcher.hits(query, searcher.embed([query], is_query=True)[0], k, filters, hybrid)

@@ -140,6 +140,7 @@ class AskConfig:
     k: int = 5
     max_rounds: int = 2  # search_corpus calls the chat model may make per question
     max_tokens: int = 1024  # the answer's length limit, reserved out of the model's context
+    answer_max_chars: int = 800  # the extractive answer's length: units are added while they fit
     temperature: float | None = None  # None: the service's default; GigaChat refuses 0 (422)
 
 
@@ -589,8 +590,9 @@ def load_config(
         raise ConfigError(f"{cfg_path}: [sources] max_file_size must be positive")
     if env.get("PIPELINE_VISION_MODEL") is not None:
         images = replace(images, vision_model=env["PIPELINE_VISION_MODEL"])
-    if ask.max_rounds < 0 or ask.max_tokens < 1:
-        raise ConfigError(f"{cfg_path}: [ask] max_rounds must not be negative, max_tokens must be positive")
+    if ask.max_rounds < 0 or ask.max_tokens < 1 or ask.answer_max_chars < 1:
+        raise ConfigError(f"{cfg_path}: [ask] max_rounds must not be negative, max_tokens and answer_max_chars "
+                          "must be positive")
     if chunking.overlap_tokens < 0 or chunking.target_tokens < 0:
         raise ConfigError(f"{cfg_path}: [chunking] sizes must not be negative")
     if embedding.concurrency < 1 or embedding.max_attempts < 1 or embedding.max_queued_texts < 1:

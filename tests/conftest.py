@@ -1,7 +1,9 @@
-"""Shared fixtures: a clean environment per test, a tiny corpus with bad files, configs in tmp dirs."""
+"""Shared fixtures: a clean environment per test, a tiny corpus with bad files, configs in tmp dirs, and data/
+indexed once per session with the offline default model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,12 +11,12 @@ import pytest
 from pipeline.config import Config, load_config
 from pipeline.records import ModelSpec
 
+DATA = Path(__file__).resolve().parent.parent / "data"
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """No credentials or pipeline settings leak in from the developer's shell; a private HOME and cache."""
-    import os
-
     for key in list(os.environ):
         if key.startswith(("GIGACHAT_", "PIPELINE_")):
             monkeypatch.delenv(key)
@@ -66,3 +68,19 @@ def config_for(tmp_path: Path):
         return load_config(None, corpus=corpus, out_dir=tmp_path / "out", **overrides)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def data_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of data/ embedded and indexed with e5-small-local (offline); once per session.
+
+    Its environment is explicit (no credentials, a private HOME and cache), so it is built alike whichever
+    test asks first. Read-only for its users: they search and ask, never embed into it.
+    """
+    from pipeline import api
+
+    root = tmp_path_factory.mktemp("data-index")
+    env = {"HOME": str(root), "PATH": os.environ.get("PATH", ""), "PIPELINE_CACHE_DIR": str(root / "cache")}
+    out = root / "out"
+    api.embed(load_config(None, env, model="e5-small-local", corpus=DATA, out_dir=out))
+    return out
