@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
     ("[index]\ntarget_recall = '0.9'", "[index] target_recall: expected a number"),
     ("[chunking]\nexact_tokens = 'yes'", "[chunking] exact_tokens: expected true or false"),
     ("[ask]\ntemperature = 'hot'", "[ask] temperature: expected a number"),
+    ("[ask]\nanswer_max_chars = '800'", "[ask] answer_max_chars: expected an integer"),
+    ("[ask]\nanswer_max_chars = 0", "[ask] max_rounds must not be negative, max_tokens and answer_max_chars must "
+                                    "be positive"),
     ("[gigachat]\nverify_ssl_certs = 'no'", "[gigachat] verify_ssl_certs: expected true or false"),
     ("[gigachat]\ntimeout_s = '30'", "[gigachat] timeout_s: expected a number"),
     ("[openai]\nbase_url = 4000", "[openai] base_url: expected a string"),
