@@ -144,7 +144,8 @@ def _select(units: Sequence[Sequence[Unit]], scored: Sequence[Key], scores: np.n
             texts.add(units[h][g].text)
             used += _cost(units[h][g])
     if not chosen:  # every unit was a lead too long to quote: the best unit that is no lead, else the best
-        plain = [j for j in order.tolist() if not units[scored[j][0]][scored[j][1]].body]
+        plain = [j for j in order.tolist()
+                 if not units[scored[j][0]][scored[j][1]].body and units[scored[j][0]][scored[j][1]].kind != HEADING]
         j = plain[0] if plain else int(order[0])
         chosen[scored[j]] = float(scores[j])
     return chosen

@@ -1,4 +1,8 @@
+import re
+
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.answer.extractive import check_citations, extractive_answer
 from pipeline.answer.units import CODE, HEADING, ITEM, ROW, SENTENCE, split_sentences, split_units
@@ -131,3 +135,38 @@ def test_check_citations_flags_unknown_numbers() -> None:
 def test_no_hits_is_an_ungrounded_answer() -> None:
     answer = extractive_answer("q", np.zeros(3, np.float32), [], lambda t: np.zeros((len(t), 3), np.float32))
     assert not answer.grounded and answer.sources == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["# Title", "## Sub", "- item;", "1. step", "| a | b |", "|---|---|", "```", "code",
+                                 "Prose. More prose!", "Why? Because.", "Run:", "мясо, рыбу;", "", "  ", "\r"]),
+                max_size=30), st.booleans(), st.booleans())
+def test_units_of_any_text_are_ordered_spans_whose_bodies_follow_them(lines: list[str], title: bool,
+                                                                       html: bool) -> None:
+    text = "\n".join(lines)
+    units = split_units(text, title=title, lines_are_blocks=html)
+    ends = [0]
+    for i, u in enumerate(units):
+        assert ends[-1] <= u.start <= u.end <= len(text) and u.text.strip()
+        assert all(i < j < len(units) for j in u.body) and list(u.body) == sorted(set(u.body))
+        ends.append(u.end)
+
+
+def _random_embed(texts: list[str]) -> np.ndarray:
+    """A vector per text, fixed by the text: arbitrary but repeatable scores."""
+    rows = [np.random.default_rng(sum(map(ord, t))).normal(size=8) for t in texts]
+    m = np.array(rows, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["# Title", "## Sub", "- meat;", "1. Mix flour.", "| a | b |", "```",
+                                          "x = 1", "Bread rises. Ovens heat!", "Why? Because.", "Run:", ""]),
+                         min_size=1, max_size=12), min_size=1, max_size=5),
+       st.integers(min_value=1, max_value=300))
+def test_any_answer_cites_exactly_its_sources_numbered_by_first_use(chunks: list[list[str]], budget: int) -> None:
+    hits = [_hit(r, "\n".join(lines)) for r, lines in enumerate(chunks, 1)]
+    answer = extractive_answer("q", _random_embed(["q"])[0], hits, _random_embed, max_chars=budget)
+    first_use = list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", answer.text)))
+    assert first_use == [s.n for s in answer.sources] == answer.cited == list(range(1, len(first_use) + 1))
+    assert not answer.unknown_citations and len({s.chunk_id for s in answer.sources}) == len(answer.sources)
