@@ -71,16 +71,20 @@ def config_for(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def data_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_index(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """The output directory of data/ embedded and indexed with e5-small-local (offline); once per session.
 
-    Its environment is explicit (no credentials, a private HOME and cache), so it is built alike whichever
-    test asks first. Read-only for its users: they search and ask, never embed into it.
+    Its environment is explicit (no credentials, a private HOME), so it is built alike whichever test asks
+    first. Its vectors are cached in pytest's cache directory (.pytest_cache), not the session's tmp: the
+    embedding (1-4 min on 2 cores) is paid once per checkout, later sessions only chunk, look up and index.
+    Read-only for its users: they search and ask, never embed into it.
     """
     from pipeline import api
 
     root = tmp_path_factory.mktemp("data-index")
-    env = {"HOME": str(root), "PATH": os.environ.get("PATH", ""), "PIPELINE_CACHE_DIR": str(root / "cache")}
+    store = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    cache = store.mkdir("pipeline-vectors") if store is not None else root / "cache"
+    env = {"HOME": str(root), "PATH": os.environ.get("PATH", ""), "PIPELINE_CACHE_DIR": str(cache)}
     out = root / "out"
     api.embed(load_config(None, env, model="e5-small-local", corpus=DATA, out_dir=out))
     return out
