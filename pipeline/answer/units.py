@@ -1,6 +1,5 @@
-"""Answer units: a chunk's text cut into what an extractive answer may quote: sentences, list items, table rows,
-code blocks and headings, each knowing the units it introduces (a heading its section, a "...:" its list,
-a question its answer).
+"""Answer units: a chunk's text cut into what an extractive answer quotes (sentences, list items, table rows,
+code, headings), each knowing what it introduces: a heading its section, "...:" its list, a question its answer.
 
 Pure text in, spans out; works on the stored chunk text (Markdown, plain text, or html_to_text's rendering).
 """
