@@ -81,9 +81,14 @@ def chunk_corpus(config: Config, corpus: Path, report: SourceReport | None = Non
     return run.chunk_corpus(config, corpus, report, progress)
 
 
-def build_index_for(config: Config, progress: Progress = no_progress) -> IndexReport:
-    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
-    return run.reindex(config, progress)
+def build_index_for(config: Config, progress: Progress = no_progress, *, engine: str = "local",
+                    ray_address: str | None = None) -> IndexReport:
+    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish.
+
+    engine "ray": an inverted-list index is built in shards by Ray tasks on the cluster at `ray_address` (else
+    RAY_ADDRESS), then merged (index.sharded); other choices are built here either way.
+    """
+    return run.reindex(config, progress, engine=engine, ray_address=ray_address)
 
 
 def list_models(config: Config) -> list[ModelSpec]:

@@ -243,15 +243,21 @@ def reindex(**options: Any) -> None:
                    "(flat: exact; hnsw: graph; ivf: inverted lists; ivfsq: with 8-bit codes; ivfpq: PQ codes).")
 @click.option("--memory-budget", help="Peak memory the index build may use (the index, read buffers and "
               "runtime), e.g. 2GiB; auto picks the best index that fits.")
+# --engine / --ray-address of the sharded index build (index/sharded.py)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: add the vectors of an inverted-list index in shards on a Ray cluster, then merge them.")
+@click.option("--ray-address", help="The Ray cluster for --engine ray (host:port); default RAY_ADDRESS, else a "
+              "local Ray instance.")
 @json_option
 def index(config_path: Path | None, out_dir: str | None, index_type: str | None, memory_budget: str | None,
-          as_json: bool) -> None:
+          engine: str, ray_address: str | None, as_json: bool) -> None:
     """(Re)build the FAISS index from the Parquet vectors of the live snapshot."""
     config = _config(config_path, out_dir=out_dir)
     config = _with_index_options(config, index_type, memory_budget)
     from . import api
 
-    report = api.build_index_for(config, progress=_progress_bars(not as_json))
+    report = api.build_index_for(config, progress=_progress_bars(not as_json), engine=engine,
+                                 ray_address=ray_address)
     if as_json:
         _print_json(asdict(report))
     else:

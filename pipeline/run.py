@@ -339,8 +339,12 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
     return make_plan(result, to_send, ctx.spec, config.embedding, latency_ms)
 
 
-def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
-    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish."""
+def reindex(config: Config, progress: Progress = no_progress, *, engine: str = "local",
+            ray_address: str | None = None) -> IndexReport:
+    """(Re)build the index of the live snapshot into a new snapshot (vectors hard-linked), then publish.
+
+    engine "ray": the vectors of an inverted-list index are added across the Ray cluster at `ray_address`.
+    """
     with locked(config):
         live = live_snapshot(config.out_dir)
         snap = new_snapshot_dir(config.out_dir)
@@ -349,19 +353,25 @@ def reindex(config: Config, progress: Progress = no_progress) -> IndexReport:
                 os.link(src, snap.path / src.name)
             except OSError:  # another filesystem, or no hard links there
                 shutil.copy2(src, snap.path / src.name)
-        report = _build(config, snap, progress)
+        report = _build(config, snap, progress, engine=engine, ray_address=ray_address)
         publish_snapshot(config.out_dir, snap, previous=live)
     return report
 
 
-def _build(config: Config, snap: Snapshot, progress: Progress) -> IndexReport:
-    """A full build of snap's index (`pipeline index`)."""
+def _build(config: Config, snap: Snapshot, progress: Progress, *, engine: str = "local",
+           ray_address: str | None = None) -> IndexReport:
+    """A full build of snap's index (`pipeline index`), in this process or sharded across a Ray cluster."""
     from .index import build_index
 
-    return build_index(snap, index_type=config.index.index_type,
-                       memory_budget_bytes=config.index.memory_budget_bytes,
-                       target_recall=config.index.target_recall, bm25_max_rows=config.index.bm25_max_rows,
-                       progress=progress("index", row_count(snap.vectors_path)))
+    options: dict[str, Any] = {
+        "index_type": config.index.index_type, "memory_budget_bytes": config.index.memory_budget_bytes,
+        "target_recall": config.index.target_recall, "bm25_max_rows": config.index.bm25_max_rows,
+        "progress": progress("index", row_count(snap.vectors_path))}
+    if engine == "ray":
+        from .index.sharded import build_index_sharded
+
+        return build_index_sharded(snap, ray_address=ray_address, **options)
+    return build_index(snap, **options)
 
 
 def _update_index(config: Config, previous: Snapshot | None, snap: Snapshot, progress: Progress) -> IndexReport:

@@ -45,6 +45,7 @@ __all__ = [
     "normalize_rows",
     "publish_snapshot",
     "read_rows",
+    "row_group_sizes",
     "snapshot_fingerprint",
     "write_json_atomic",
     "write_table_atomic",
@@ -347,14 +348,24 @@ def read_table(path: Path) -> pa.Table:
     return _read_parquet(path)
 
 
-def row_count(path: Path) -> int:
-    """The rows of a Parquet file, from its footer; StoreError naming the file when unreadable."""
+def _footer(path: Path) -> pq.FileMetaData:
     try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        return pq.ParquetFile(path).metadata
     except FileNotFoundError:
         raise StoreError(f"{path}: not found") from None
     except (pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"{path}: unreadable Parquet: {e}") from None
+
+
+def row_count(path: Path) -> int:
+    """The rows of a Parquet file, from its footer; StoreError naming the file when unreadable."""
+    return int(_footer(path).num_rows)
+
+
+def row_group_sizes(path: Path) -> list[int]:
+    """Rows in each row group of a Parquet file, from its footer: where a reader of a row range starts."""
+    meta = _footer(path)
+    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
 def read_rows(path: Path) -> pa.Table:
@@ -370,13 +381,29 @@ def _matrix(column: pa.Array, path: Path) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def iter_vector_batches(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
-    """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order."""
+def iter_vector_batches(path: Path, batch_rows: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order.
+
+    With `start`/`stop`, rows [start, stop) only: the row groups before and after them are not read (a shard
+    of a sharded index build reads its range this way).
+    """
     try:
         # pre_buffer off and a small read buffer: pages are decompressed as batches are asked for, so a
         # snapshot written as one huge row group still streams (pre-buffering would load its whole column).
         source = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"{path}: cannot read vectors: {e}") from None
-    for batch in source.iter_batches(batch_size=batch_rows, columns=["vector"]):
-        yield _matrix(batch.column(0), path)
+    end = source.metadata.num_rows if stop is None else min(stop, source.metadata.num_rows)
+    if start >= end:
+        return
+    starts = np.cumsum([0] + [source.metadata.row_group(g).num_rows for g in range(source.num_row_groups)])
+    first = int(np.searchsorted(starts, start, side="right")) - 1
+    last = int(np.searchsorted(starts, end, side="left")) - 1
+    offset = int(starts[first])
+    for batch in source.iter_batches(batch_size=batch_rows, row_groups=list(range(first, last + 1)), columns=["vector"]):
+        lo, hi = max(start - offset, 0), min(end - offset, batch.num_rows)
+        if hi > lo:
+            yield _matrix(batch.column(0).slice(lo, hi - lo), path)
+        offset += batch.num_rows
+        if offset >= end:
+            break

@@ -150,6 +150,111 @@ def _vectors_meta(path: Path) -> tuple[int, int, dict[str, Any]]:
     return n, dim, meta
 
 
+class _Build:
+    """The steps every build of a snapshot's index shares: choose it, draw the samples and train it (before the
+    vectors are added), then tune, save and report (after). build_index adds the vectors in this process,
+    sharded.py in Ray tasks: so both choose, train, measure recall and write files the same way.
+    """
+
+    def __init__(self, snap: Snapshot, *, index_type: str, memory_budget_bytes: int, batch_rows: int | None) -> None:
+        self.started = time.perf_counter()
+        self.timer = _Timer()
+        self.snap = snap
+        self.n, self.dim, self.vec_meta = _vectors_meta(snap.vectors_path)
+        if self.n == 0 or self.dim == 0:
+            raise IndexBuildError(f"{snap.vectors_path}: no vectors to index")
+        self.metric = faiss.METRIC_INNER_PRODUCT if self.vec_meta.get("normalize", True) else faiss.METRIC_L2
+        try:
+            self.choice = select_index(self.n, self.dim, memory_budget_bytes, index_type)
+        except ValueError as e:
+            raise IndexBuildError(str(e)) from None
+        self.memory_budget_bytes = memory_budget_bytes
+        self.batch_rows = batch_rows or read_batch_rows(self.dim)
+        self.index: Any = None
+        self.queries = np.zeros((0, self.dim), np.float32)
+        self.query_ids = np.zeros(0, np.int64)
+        self._train_sample: np.ndarray | None = None
+
+    def sample(self, seed: int) -> None:
+        """One pass over the vectors draws the recall queries and, for a trained index, its training sample."""
+        log.info("index: %s for %d x %d (%s)", self.choice.factory, self.n, self.dim, self.choice.reason)
+        self.index = faiss.index_factory(self.dim, self.choice.factory, self.metric)
+        _prepare(self.index)
+        rng = np.random.default_rng(seed)
+        wanted = {"queries": np.sort(rng.choice(self.n, size=min(self.n, RECALL_QUERIES), replace=False))}
+        if not self.index.is_trained:
+            if self.n < self.choice.params.get("nlist", 1):
+                raise IndexBuildError(f"{self.n} vectors are too few to train {self.choice.factory} "
+                                      f"({self.choice.params['nlist']} lists); use --index-type flat or hnsw")
+            wanted["train"] = np.sort(rng.choice(self.n, size=min(self.n, self.choice.train_rows), replace=False))
+        with self.timer.step("sample"):
+            samples = _sample(self.snap.vectors_path, self.batch_rows, wanted)
+        self.queries, self.query_ids = samples.pop("queries"), wanted["queries"]
+        self._train_sample = samples.get("train")
+
+    def threads(self) -> contextlib.AbstractContextManager[None]:
+        """Small jobs run on one thread: an OpenMP team on a busy 2-core machine costs more than it saves."""
+        return single_thread() if self.n * self.dim < SMALL_JOB_FLOATS else contextlib.nullcontext()
+
+    def train(self) -> None:
+        if self._train_sample is not None:
+            with self.timer.step("train"):
+                self.index.train(self._train_sample)
+            self._train_sample = None
+        _release_memory()
+
+    def exact_topk(self) -> ExactTopK | None:
+        """The exact neighbours of the recall queries, to fill as vectors stream past (none for exact search).
+
+        k+1: each recall query is an indexed vector, and its own id is left out when recall is counted.
+        """
+        if self.choice.search_param is None:
+            return None
+        return ExactTopK(self.queries, RECALL_K + 1, self.metric)
+
+    def finish(self, truth: np.ndarray | None, *, target_recall: float, bm25: bool, bm25_max_rows: int,
+               mode_reason: str = "") -> IndexReport:
+        """Tune the filled index against `truth` (exact_topk's ids), save it, its rows and BM25, and the report."""
+        if self.index.ntotal != self.n:
+            raise IndexBuildError(f"{self.snap.vectors_path}: read {self.index.ntotal} vectors, metadata says {self.n}")
+        choice, timer, index_dir = self.choice, self.timer, self.snap.index_dir
+        with timer.step("tune"):
+            if truth is not None:
+                tuning = tune_search_param(self.index, choice, self.queries, truth, target_recall,
+                                           query_ids=self.query_ids)
+                params, recall, curve = tuning.param, tuning.recall, tuning.curve
+            else:
+                params, recall, curve = {}, 1.0, []
+            p50, p95 = latency_ms(self.index, self.queries[:LATENCY_QUERIES], RECALL_K)
+
+        with timer.step("save"):
+            index = with_row_ids(self.index)  # exact indexes get an id map, so updates can remove and renumber
+            self.index = None
+            index_bytes = save_faiss(index, index_dir)
+            del index  # the lexical index is built after the vectors' index is gone from memory
+            _release_memory()
+            copy_rows(self.snap.vectors_path, index_dir)
+        has_bm25 = False
+        if bm25:
+            with timer.step("bm25"):
+                has_bm25 = _build_bm25(index_dir, bm25_max_rows)
+
+        report = IndexReport(
+            kind=choice.kind, factory=choice.factory, vectors=self.n, dimension=self.dim,
+            metric="inner_product" if self.metric == faiss.METRIC_INNER_PRODUCT else "l2", reason=choice.reason,
+            search_param=params, recall_at_10=round(recall, 4), recall_queries=len(self.queries),
+            target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
+            latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3),
+            memory_budget_bytes=self.memory_budget_bytes, estimated_bytes=choice.estimated_bytes,
+            estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes, file_bytes=index_file_bytes(index_dir),
+            peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - self.started, 3),
+            seconds=timer.seconds, fingerprint=self.vec_meta.get("fingerprint", {}), built_vectors=self.n,
+            mode_reason=mode_reason,
+        )
+        save_meta(asdict(report), index_dir)
+        return report
+
+
 def build_index(
     snap: Snapshot,
     *,
@@ -169,78 +274,14 @@ def build_index(
     into lists sized exactly beforehand; flat and graph indexes add in one pass. Raises IndexBuildError with the
     numbers when the budget cannot hold any index, or there are too few vectors to train the one asked for.
     """
-    started = time.perf_counter()
-    timer = _Timer()
-    n, dim, vec_meta = _vectors_meta(snap.vectors_path)
-    if n == 0 or dim == 0:
-        raise IndexBuildError(f"{snap.vectors_path}: no vectors to index")
-    metric = faiss.METRIC_INNER_PRODUCT if vec_meta.get("normalize", True) else faiss.METRIC_L2
-    try:
-        choice = select_index(n, dim, memory_budget_bytes, index_type)
-    except ValueError as e:
-        raise IndexBuildError(str(e)) from None
-    log.info("index: %s for %d x %d (%s)", choice.factory, n, dim, choice.reason)
-    rows_per_batch = batch_rows or read_batch_rows(dim)
-    index = faiss.index_factory(dim, choice.factory, metric)
-    _prepare(index)
-
-    rng = np.random.default_rng(seed)
-    wanted = {"queries": np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))}
-    if not index.is_trained:
-        if n < choice.params.get("nlist", 1):
-            raise IndexBuildError(f"{n} vectors are too few to train {choice.factory} "
-                                  f"({choice.params['nlist']} lists); use --index-type flat or hnsw")
-        wanted["train"] = np.sort(rng.choice(n, size=min(n, choice.train_rows), replace=False))
-    with timer.step("sample"):
-        samples = _sample(snap.vectors_path, rows_per_batch, wanted)
-    queries = samples.pop("queries")
-    # Small jobs run on one thread: an OpenMP team on a busy 2-core machine costs more than it saves.
-    threads = single_thread() if n * dim < SMALL_JOB_FLOATS else contextlib.nullcontext()
-    with threads:
-        if "train" in samples:
-            with timer.step("train"):
-                index.train(samples.pop("train"))
-        _release_memory()
-
-        # k+1: each recall query is an indexed vector, and its own id is left out when recall is counted
-        exact = ExactTopK(queries, RECALL_K + 1, metric) if choice.search_param is not None else None
-        _add_all(index, snap.vectors_path, rows_per_batch, n, exact, progress, timer)
-    if index.ntotal != n:
-        raise IndexBuildError(f"{snap.vectors_path}: read {index.ntotal} vectors, metadata says {n}")
-
-    with timer.step("tune"):
-        if exact is not None:
-            tuning = tune_search_param(index, choice, queries, exact.ids, target_recall,
-                                       query_ids=wanted["queries"])
-            params, recall, curve = tuning.param, tuning.recall, tuning.curve
-        else:
-            params, recall, curve = {}, 1.0, []
-        p50, p95 = latency_ms(index, queries[:LATENCY_QUERIES], RECALL_K)
-
-    with timer.step("save"):
-        index = with_row_ids(index)  # exact indexes get an id map, so updates can remove and renumber
-        index_bytes = save_faiss(index, snap.index_dir)
-        del index  # the lexical index is built after the vectors' index is gone from memory
-        _release_memory()
-        copy_rows(snap.vectors_path, snap.index_dir)
-    has_bm25 = False
-    if bm25:
-        with timer.step("bm25"):
-            has_bm25 = _build_bm25(snap.index_dir, bm25_max_rows)
-
-    report = IndexReport(
-        kind=choice.kind, factory=choice.factory, vectors=n, dimension=dim,
-        metric="inner_product" if metric == faiss.METRIC_INNER_PRODUCT else "l2", reason=choice.reason,
-        search_param=params, recall_at_10=round(recall, 4), recall_queries=len(queries),
-        target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
-        latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3), memory_budget_bytes=memory_budget_bytes,
-        estimated_bytes=choice.estimated_bytes, estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes,
-        file_bytes=index_file_bytes(snap.index_dir),
-        peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - started, 3),
-        seconds=timer.seconds, fingerprint=vec_meta.get("fingerprint", {}), built_vectors=n,
-    )
-    save_meta(asdict(report), snap.index_dir)
-    return report
+    build = _Build(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes, batch_rows=batch_rows)
+    build.sample(seed)
+    with build.threads():
+        build.train()
+        exact = build.exact_topk()
+        _add_all(build.index, snap.vectors_path, build.batch_rows, build.n, exact, progress, build.timer)
+    return build.finish(exact.ids if exact is not None else None, target_recall=target_recall, bm25=bm25,
+                        bm25_max_rows=bm25_max_rows)
 
 
 def _transform(pre: faiss.IndexPreTransform | None, x: np.ndarray) -> np.ndarray:
@@ -252,14 +293,19 @@ def _transform(pre: faiss.IndexPreTransform | None, x: np.ndarray) -> np.ndarray
 
 
 def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: ExactTopK | None,
-             progress: Callable[[int], None] | None, timer: _Timer) -> None:
-    """Add every vector, batch by batch, allocating the index's storage once at its final size.
+             progress: Callable[[int], None] | None, timer: _Timer, rows: tuple[int, int] | None = None) -> None:
+    """Add every vector (or those of `rows`, [start, stop), with their row numbers as ids: a shard of a sharded
+    build, into inverted lists only), batch by batch, allocating the index's storage once at its final size.
 
     Growing storage by appends doubles it now and then, and the copy briefly holds old and new: up to
     ~2x the index at the peak. So flat storage is reserved up front, and inverted lists get an assignment
     pass first (which list each vector goes to; 8 bytes a vector) and are sized exactly before the add
     pass encodes into them, reusing the assignments.
     """
+    def blocks() -> Iterator[np.ndarray]:
+        return iter_vector_batches(path, batch_rows) if rows is None else iter_vector_batches(path, batch_rows, *rows)
+
+    first_id = 0 if rows is None else rows[0]
     outer = faiss.downcast_index(index)
     pre = outer if isinstance(outer, faiss.IndexPreTransform) else None
     try:
@@ -267,12 +313,14 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
     except (RuntimeError, AttributeError):
         ivf = None
     if ivf is None or not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
+        if rows is not None:
+            raise ValueError(f"{type(outer).__name__}: only inverted lists are built from a range of rows")
         storage = faiss.downcast_index(outer.storage) if isinstance(outer, faiss.IndexHNSW) else outer
         if isinstance(storage, faiss.IndexFlatCodes):
             storage.codes.resize(n * storage.code_size)  # zero-filled at its final size, then emptied:
             storage.codes.resize(0)  # the capacity stays
         with timer.step("add"):
-            for block in iter_vector_batches(path, batch_rows):
+            for block in blocks():
                 index.add(block)
                 if exact is not None:
                     exact.add(block)
@@ -282,7 +330,7 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
     assign = np.empty(n, dtype=np.int64)
     with timer.step("assign"):
         offset = 0
-        for block in iter_vector_batches(path, batch_rows):
+        for block in blocks():
             _, lists = ivf.quantizer.search(_transform(pre, block), 1)
             assign[offset : offset + len(block)] = lists[:, 0]
             offset += len(block)
@@ -295,10 +343,11 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
             invlists.resize(list_no, 0)
     with timer.step("add"):
         offset = 0
-        for block in iter_vector_batches(path, batch_rows):
+        for block in blocks():
             x = np.ascontiguousarray(_transform(pre, block))
             lists = np.ascontiguousarray(assign[offset : offset + len(x)])
-            ivf.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(lists))
+            ids = np.arange(first_id + offset, first_id + offset + len(x), dtype=np.int64)
+            ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
             offset += len(x)
             if progress:
                 progress(len(x))

@@ -22,7 +22,7 @@ from ..store import ROW_COLUMNS, Snapshot, read_rows, write_json_atomic
 from .bm25 import TOKENIZER, Bm25Index
 from .score import set_search_param
 
-__all__ = ["BM25_DIR", "INDEX_FILE", "META_FILE", "ROWS_FILE", "copy_rows", "index_file_bytes", "load_bm25",
+__all__ = ["BM25_DIR", "INDEX_FILE", "META_FILE", "ROWS_FILE", "SHARDS_DIR", "copy_rows", "index_file_bytes", "load_bm25",
            "load_index", "read_index_rows", "save_bm25", "save_faiss", "save_meta"]
 
 INDEX_FILE = "index.faiss"
@@ -32,6 +32,7 @@ META_FILE = "meta.json"
 BM25_DIR = "bm25"
 BM25_INFO_FILE = "tokenizer.json"  # inside BM25_DIR: row count and tokenizer version
 BM25_SKIPPED_FILE = "skipped.json"  # inside BM25_DIR instead: why there is no lexical index
+SHARDS_DIR = ".shards"  # a sharded build's partial indexes, removed once merged (sharded.py)
 ROWS_BATCH = 8192
 
 
@@ -39,10 +40,10 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def save_faiss(index: faiss.Index, index_dir: Path) -> int:
-    """Write the FAISS index atomically; its size in bytes."""
+def save_faiss(index: faiss.Index, index_dir: Path, name: str = INDEX_FILE) -> int:
+    """Write the FAISS index atomically (as index_dir/name: a shard's own name in SHARDS_DIR); its size in bytes."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    dest = index_dir / INDEX_FILE
+    dest = index_dir / name
     tmp = _tmp(dest)
     faiss.write_index(index, str(tmp))
     tmp.replace(dest)

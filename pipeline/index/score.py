@@ -40,27 +40,34 @@ def set_search_param(index: faiss.Index, params: dict[str, int]) -> None:
 
 
 class ExactTopK:
-    """Exact top-k ids of fixed queries, merged block by block as the database streams past."""
+    """Exact top-k ids of fixed queries, merged block by block as the database streams past.
 
-    def __init__(self, queries: np.ndarray, k: int, metric: int) -> None:
+    `offset`: the id of the first row added (a shard of the database starts past row 0); `merge` folds in
+    another part's top-k, so the parts of a sharded build give the top-k of the whole.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, metric: int, offset: int = 0) -> None:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.k = k
         self.metric = metric
         self._sign = -1.0 if metric == faiss.METRIC_INNER_PRODUCT else 1.0  # sort ascending on sign * score
         self.scores = np.full((len(queries), k), np.inf, dtype=np.float32)  # sign * score
         self.ids = np.full((len(queries), k), -1, dtype=np.int64)
-        self._offset = 0
+        self._offset = offset
 
     def add(self, block: np.ndarray) -> None:
         if len(self.queries) and len(block):
             d, i = faiss.knn(self.queries, np.ascontiguousarray(block, dtype=np.float32), min(self.k, len(block)),
                              metric=self.metric)
-            d = self._sign * d
-            i = np.where(i >= 0, i + self._offset, -1)
-            all_d, all_i = np.concatenate([self.scores, d], 1), np.concatenate([self.ids, i], 1)
-            order = np.argsort(all_d, axis=1, kind="stable")[:, : self.k]
-            self.scores, self.ids = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)
+            self.merge(self._sign * d, np.where(i >= 0, i + self._offset, -1))
         self._offset += len(block)
+
+    def merge(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Fold in candidates (`scores` as sign * score, like self.scores) of the same queries; on equal scores
+        the ones already held rank first, so parts merged in row order rank like one stream."""
+        all_d, all_i = np.concatenate([self.scores, scores], 1), np.concatenate([self.ids, ids], 1)
+        order = np.argsort(all_d, axis=1, kind="stable")[:, : self.k]
+        self.scores, self.ids = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
