@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from .build import (
     build_index,
 )
 from .files import SHARDS_DIR, save_faiss
-from .score import ExactTopK
+from .score import ExactTopK, single_thread
 from .select import READ_BUFFERS, RUNTIME_BYTES, IndexChoice, parse_factory
 
 __all__ = ["SHARDED_KINDS", "ShardPlan", "ShardResult", "add_shard", "build_index_sharded", "plan_shards",
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 SHARDED_KINDS = ("ivf", "ivfsq", "ivfpq")  # inverted lists merge; a flat array or a graph would be rebuilt whole
 MAX_SHARDS = 4096
 PROBE_TIMEOUT_S = 5.0
+WAIT_S = 1.0
 TASK_RETRIES = 2  # a task whose worker or node died is run again by Ray; its shard file is replaced atomically
 _ID_BYTES = 8
 
@@ -120,27 +122,27 @@ def plan_shards(choice: IndexChoice, n: int, group_rows: Sequence[int], budget_b
 
 
 def _node() -> str:
-    """The Ray node a task runs on (several nodes may share a host)."""
-    with contextlib.suppress(ImportError, RuntimeError, AttributeError):
-        import ray
-
+    """The Ray node a task runs on (several nodes may share a host); the host name outside Ray."""
+    ray = sys.modules.get("ray")  # imported only inside a Ray worker: asking Ray elsewhere would start one
+    if ray is not None and ray.is_initialized():
         return str(ray.get_runtime_context().get_node_id())
     return socket.gethostname()
 
 
 def add_shard(trained: np.ndarray, vectors_path: str, start: int, stop: int, batch_rows: int,
-              queries: np.ndarray, metric: int, shard_dir: str, threads: int = 1) -> ShardResult:
+              queries: np.ndarray, metric: int, shard_dir: str) -> ShardResult:
     """A Ray task's work: rows [start, stop) of vectors_path added, with their row numbers as ids, into a copy of
     the trained empty index (`trained`: faiss.serialize_index), saved as a shard file in shard_dir.
 
     Holds the trained index, this range's codes and ids and one read batch, never the whole matrix; also the
-    exact top-k of the recall queries within the range, for the driver's recall measurement.
+    exact top-k of the recall queries within the range, for the driver's recall measurement. One thread: the
+    task holds one CPU of its node.
     """
-    faiss.omp_set_num_threads(threads)
     index = faiss.deserialize_index(np.ascontiguousarray(trained))
     exact = ExactTopK(queries, RECALL_K + 1, metric, offset=start)
     timer = _Timer()
-    _add_all(index, Path(vectors_path), batch_rows, stop - start, exact, None, timer, rows=(start, stop))
+    with single_thread():
+        _add_all(index, Path(vectors_path), batch_rows, stop - start, exact, None, timer, rows=(start, stop))
     if index.ntotal != stop - start:
         raise IndexBuildError(f"{vectors_path}: rows {start}-{stop} gave {index.ntotal} vectors")
     invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
@@ -224,7 +226,8 @@ def _run_shards(ray: Any, build: _Build, plan: ShardPlan, shard_dir: Path,
     results: dict[int, ShardResult] = {}
     try:
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            # a bounded wait, so a signal (--deadline, Ctrl-C) is handled between waits, not after the last task
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 i = refs.pop(ref)
                 try:
