@@ -319,7 +319,8 @@ def build_index_sharded(
     task_peak = max(r.peak_rss_bytes for r in results)
     slowest = max(sum(r.seconds.values()) for r in results)
     nodes = len({r.node for r in results})
-    reason = (f"sharded: {len(results)} Ray tasks on {nodes} node(s) ({workers} CPUs), rows in ranges of "
+    reason = (f"sharded: {len(results)} Ray task{'s' * (len(results) > 1)} on {nodes} node(s) ({workers} CPUs), "
+              f"rows in ranges of "
               f"~{math.ceil(build.n / len(results))}; task peak RSS {task_peak >> 20} MiB (estimated "
               f"{plan.task_peak_bytes >> 20}), slowest task {slowest:.1f} s")
     log.info("index: %s", reason)
