@@ -213,8 +213,11 @@ class _Build:
         return ExactTopK(self.queries, RECALL_K + 1, self.metric)
 
     def finish(self, truth: np.ndarray | None, *, target_recall: float, bm25: bool, bm25_max_rows: int,
-               mode_reason: str = "") -> IndexReport:
-        """Tune the filled index against `truth` (exact_topk's ids), save it, its rows and BM25, and the report."""
+               mode_reason: str = "", estimated_peak_bytes: int | None = None) -> IndexReport:
+        """Tune the filled index against `truth` (exact_topk's ids), save it, its rows and BM25, and the report.
+
+        `estimated_peak_bytes`: this process's estimate when it is not the choice's (a sharded build's merge).
+        """
         if self.index.ntotal != self.n:
             raise IndexBuildError(f"{self.snap.vectors_path}: read {self.index.ntotal} vectors, metadata says {self.n}")
         choice, timer, index_dir = self.choice, self.timer, self.snap.index_dir
@@ -246,7 +249,8 @@ class _Build:
             target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
             latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3),
             memory_budget_bytes=self.memory_budget_bytes, estimated_bytes=choice.estimated_bytes,
-            estimated_peak_bytes=choice.peak_bytes, index_bytes=index_bytes, file_bytes=index_file_bytes(index_dir),
+            estimated_peak_bytes=estimated_peak_bytes or choice.peak_bytes, index_bytes=index_bytes,
+            file_bytes=index_file_bytes(index_dir),
             peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - self.started, 3),
             seconds=timer.seconds, fingerprint=self.vec_meta.get("fingerprint", {}), built_vectors=self.n,
             mode_reason=mode_reason,

@@ -22,8 +22,8 @@ from ..store import ROW_COLUMNS, Snapshot, read_rows, write_json_atomic
 from .bm25 import TOKENIZER, Bm25Index
 from .score import set_search_param
 
-__all__ = ["BM25_DIR", "INDEX_FILE", "META_FILE", "ROWS_FILE", "SHARDS_DIR", "copy_rows", "index_file_bytes", "load_bm25",
-           "load_index", "read_index_rows", "save_bm25", "save_faiss", "save_meta"]
+__all__ = ["BM25_DIR", "INDEX_FILE", "META_FILE", "ROWS_FILE", "SHARDS_DIR", "copy_rows", "index_file_bytes",
+           "load_bm25", "load_index", "read_index_rows", "save_bm25", "save_faiss", "save_meta"]
 
 INDEX_FILE = "index.faiss"
 ROWS_FILE = "rows.arrow"

@@ -325,4 +325,5 @@ def build_index_sharded(
               f"{plan.task_peak_bytes >> 20}), slowest task {slowest:.1f} s")
     log.info("index: %s", reason)
     return build.finish(truth, target_recall=target_recall, bm25=bm25, bm25_max_rows=bm25_max_rows,
-                        mode_reason=reason)
+                        mode_reason=reason,
+                        estimated_peak_bytes=max(build.choice.peak_bytes, plan.merge_peak_bytes))
