@@ -86,13 +86,14 @@ def ray_cluster(nodes: int, temp: Path) -> Iterator[tuple[str, list[int]]]:
     log = open(temp / "nodes.log", "ab")  # noqa: SIM115 - closed below
     try:
         for i in range(nodes):
-            where = ["--head", "--port", str(port), "--include-dashboard=false"] if i == 0 else ["--address", address]
+            head = ["--head", "--port", str(port), "--include-dashboard=false"]
+            where = head if i == 0 else ["--address", address]
             procs.append(subprocess.Popen([ray_bin, "start", *where, *common, "--dashboard-agent-listen-port",
                                            str(_free_port())], stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True))
             if i == 0:
                 for _ in range(240):
-                    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                         break
                     time.sleep(0.5)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -162,10 +163,11 @@ class Sampler:
         self._thread.join()
 
     def summary(self) -> dict:
-        others = {pid: peak for pid, peak in self.peaks.items() if pid != self.driver and pid not in self.node_pids}
+        others = {pid: peak for pid, peak in self.peaks.items()
+                  if pid != self.driver and pid not in self.node_pids}
         return {"driver": self.peaks.get(self.driver, 0),
                 "tasks": sorted((peak for pid, peak in others.items() if pid in self.tasks), reverse=True),
-                "ray_own_max": max((peak for pid, peak in others.items() if pid not in self.tasks), default=0),
+                "ray_own_max": max((p for pid, p in others.items() if pid not in self.tasks), default=0),
                 "total": self.total_peak, "processes": {str(pid): peak for pid, peak in self.peaks.items()}}
 
 
@@ -211,29 +213,33 @@ def render(results: list[dict], n: int, dim: int, budget: str) -> str:
              f"{platform.python_version()}, {n:,} x {dim} vectors, budget {budget}, "
              f"{results[0]['serve']['queries']} held-out queries; the machine was shared with other jobs "
              f"(load average {load:.1f} at the end).", "",
-             "| case | index | search param | build wall (s) | steps (s) | driver peak RSS (GiB) | task peak RSS "
-             "(GiB, each) | Ray's own processes, max (GiB) | all processes at once (GiB) | recall@10 held-out "
-             "| recall@10 at build | p50 (ms) |",
+             "| case | index | search param | build wall (s) | steps (s) | driver peak RSS (GiB) "
+             "| task peak RSS (GiB, each) | Ray's own processes, max (GiB) | all processes at once (GiB) "
+             "| recall@10 held-out | recall@10 at build | p50 (ms) |",
              "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         rep, rss, srv = r["build"]["report"], r["rss"], r["serve"]
         steps = ", ".join(f"{k} {v:.0f}" for k, v in rep["seconds"].items())
         tasks = ", ".join(_gib(t) for t in rss["tasks"]) or "-"
         lines.append(
-            f"| `{r['case']}` | `{rep['factory']}` | {json.dumps(rep['search_param'])} | {r['wall_s']:.0f} | {steps} "
+            f"| `{r['case']}` | `{rep['factory']}` | {json.dumps(rep['search_param'])} | {r['wall_s']:.0f} "
+            f"| {steps} "
             f"| {_gib(rss['driver'])} | {tasks} | {_gib(rss['ray_own_max']) if r['nodes'] else '-'} "
-            f"| {_gib(rss['total'])} | {srv['recall_at_10']:.3f} | {rep['recall_at_10']:.3f} | {srv['p50_ms']:.2f} |")
+            f"| {_gib(rss['total'])} | {srv['recall_at_10']:.3f} | {rep['recall_at_10']:.3f} "
+            f"| {srv['p50_ms']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--cases", default="single,ray1,ray2")
     parser.add_argument("--budget", default="4GiB")
-    parser.add_argument("--index-type", default="auto", help="auto picks IVF only from 500k vectors (smoke runs: ivfsq)")
+    parser.add_argument("--index-type", default="auto",
+                        help="auto picks IVF only from 500k vectors (smoke runs: ivfsq)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-shards"))
     parser.add_argument("--keep", action="store_true", help="Keep WORK (the generated vectors) afterwards.")
     parser.add_argument("--no-md", action="store_true")
@@ -246,7 +252,8 @@ def main() -> None:
     b.add_argument("index_type")
     args = parser.parse_args()
     if args.cmd == "build-one":
-        print(json.dumps(build_one(args.snap, args.case, args.address, args.budget, args.index_type), default=str))
+        built = build_one(args.snap, args.case, args.address, args.budget, args.index_type)
+        print(json.dumps(built, default=str))
         return
 
     work = args.work / f"{args.n}x{args.dim}"
@@ -258,7 +265,8 @@ def main() -> None:
             result = run_case(case, work, data, args.budget, args.index_type)
             rep, rss = result["build"]["report"], result["rss"]
             print(f"   {rep['factory']} {rep['search_param']}: {result['wall_s']:.0f} s, driver "
-                  f"{_gib(rss['driver'])} GiB, tasks {[_gib(t) for t in rss['tasks']]} GiB, recall@10 held-out "
+                  f"{_gib(rss['driver'])} GiB, tasks {[_gib(t) for t in rss['tasks']]} GiB, recall@10 "
+                  f"held-out "
                   f"{result['serve']['recall_at_10']:.3f}; {rep['mode_reason']}", flush=True)
             results.append(result)
             (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -269,7 +277,8 @@ def main() -> None:
         if not args.no_md and md.is_file() and MARK_START in md.read_text(encoding="utf-8"):
             text = md.read_text(encoding="utf-8")
             head, rest = text.split(MARK_START, 1)
-            md.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{rest.split(MARK_END, 1)[1]}", encoding="utf-8")
+            tail = rest.split(MARK_END, 1)[1]
+            md.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}", encoding="utf-8")
     finally:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)

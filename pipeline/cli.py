@@ -245,9 +245,9 @@ def reindex(**options: Any) -> None:
               "runtime), e.g. 2GiB; auto picks the best index that fits.")
 # --engine / --ray-address of the sharded index build (index/sharded.py)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: add the vectors of an inverted-list index in shards on a Ray cluster, then merge them.")
-@click.option("--ray-address", help="The Ray cluster for --engine ray (host:port); default RAY_ADDRESS, else a "
-              "local Ray instance.")
+              help="ray: add the vectors of an inverted-list index in shards on a Ray cluster, then merge.")
+@click.option("--ray-address", help="The Ray cluster for --engine ray (host:port); default RAY_ADDRESS, else "
+              "a local Ray instance.")
 @json_option
 def index(config_path: Path | None, out_dir: str | None, index_type: str | None, memory_budget: str | None,
           engine: str, ray_address: str | None, as_json: bool) -> None:

@@ -381,7 +381,8 @@ def _matrix(column: pa.Array, path: Path) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
 
 
-def iter_vector_batches(path: Path, batch_rows: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+def iter_vector_batches(path: Path, batch_rows: int, start: int = 0,
+                        stop: int | None = None) -> Iterator[np.ndarray]:
     """The vector column as float32 (rows, dim) blocks of at most batch_rows, in file order.
 
     With `start`/`stop`, rows [start, stop) only: the row groups before and after them are not read (a shard
@@ -400,7 +401,8 @@ def iter_vector_batches(path: Path, batch_rows: int, start: int = 0, stop: int |
     first = int(np.searchsorted(starts, start, side="right")) - 1
     last = int(np.searchsorted(starts, end, side="left")) - 1
     offset = int(starts[first])
-    for batch in source.iter_batches(batch_size=batch_rows, row_groups=list(range(first, last + 1)), columns=["vector"]):
+    groups = list(range(first, last + 1))
+    for batch in source.iter_batches(batch_size=batch_rows, row_groups=groups, columns=["vector"]):
         lo, hi = max(start - offset, 0), min(end - offset, batch.num_rows)
         if hi > lo:
             yield _matrix(batch.column(0).slice(lo, hi - lo), path)

@@ -151,12 +151,13 @@ def _vectors_meta(path: Path) -> tuple[int, int, dict[str, Any]]:
 
 
 class _Build:
-    """The steps every build of a snapshot's index shares: choose it, draw the samples and train it (before the
-    vectors are added), then tune, save and report (after). build_index adds the vectors in this process,
+    """The steps every build of a snapshot's index shares: choose it, draw the samples and train it (before
+    the vectors are added), then tune, save and report (after). build_index adds the vectors in this process,
     sharded.py in Ray tasks: so both choose, train, measure recall and write files the same way.
     """
 
-    def __init__(self, snap: Snapshot, *, index_type: str, memory_budget_bytes: int, batch_rows: int | None) -> None:
+    def __init__(self, snap: Snapshot, *, index_type: str, memory_budget_bytes: int,
+                 batch_rows: int | None) -> None:
         self.started = time.perf_counter()
         self.timer = _Timer()
         self.snap = snap
@@ -176,7 +177,7 @@ class _Build:
         self._train_sample: np.ndarray | None = None
 
     def sample(self, seed: int) -> None:
-        """One pass over the vectors draws the recall queries and, for a trained index, its training sample."""
+        """One pass over the vectors draws the recall queries and, for a trained index, its training rows."""
         log.info("index: %s for %d x %d (%s)", self.choice.factory, self.n, self.dim, self.choice.reason)
         self.index = faiss.index_factory(self.dim, self.choice.factory, self.metric)
         _prepare(self.index)
@@ -186,7 +187,8 @@ class _Build:
             if self.n < self.choice.params.get("nlist", 1):
                 raise IndexBuildError(f"{self.n} vectors are too few to train {self.choice.factory} "
                                       f"({self.choice.params['nlist']} lists); use --index-type flat or hnsw")
-            wanted["train"] = np.sort(rng.choice(self.n, size=min(self.n, self.choice.train_rows), replace=False))
+            train_rows = min(self.n, self.choice.train_rows)
+            wanted["train"] = np.sort(rng.choice(self.n, size=train_rows, replace=False))
         with self.timer.step("sample"):
             samples = _sample(self.snap.vectors_path, self.batch_rows, wanted)
         self.queries, self.query_ids = samples.pop("queries"), wanted["queries"]
@@ -214,12 +216,13 @@ class _Build:
 
     def finish(self, truth: np.ndarray | None, *, target_recall: float, bm25: bool, bm25_max_rows: int,
                mode_reason: str = "", estimated_peak_bytes: int | None = None) -> IndexReport:
-        """Tune the filled index against `truth` (exact_topk's ids), save it, its rows and BM25, and the report.
+        """Tune the filled index against `truth` (exact_topk's ids); save it, its rows, BM25 and the report.
 
         `estimated_peak_bytes`: this process's estimate when it is not the choice's (a sharded build's merge).
         """
         if self.index.ntotal != self.n:
-            raise IndexBuildError(f"{self.snap.vectors_path}: read {self.index.ntotal} vectors, metadata says {self.n}")
+            raise IndexBuildError(f"{self.snap.vectors_path}: read {self.index.ntotal} vectors, "
+                                  f"metadata says {self.n}")
         choice, timer, index_dir = self.choice, self.timer, self.snap.index_dir
         with timer.step("tune"):
             if truth is not None:
@@ -231,7 +234,7 @@ class _Build:
             p50, p95 = latency_ms(self.index, self.queries[:LATENCY_QUERIES], RECALL_K)
 
         with timer.step("save"):
-            index = with_row_ids(self.index)  # exact indexes get an id map, so updates can remove and renumber
+            index = with_row_ids(self.index)  # exact indexes get an id map: updates can remove and renumber
             self.index = None
             index_bytes = save_faiss(index, index_dir)
             del index  # the lexical index is built after the vectors' index is gone from memory
@@ -244,14 +247,16 @@ class _Build:
 
         report = IndexReport(
             kind=choice.kind, factory=choice.factory, vectors=self.n, dimension=self.dim,
-            metric="inner_product" if self.metric == faiss.METRIC_INNER_PRODUCT else "l2", reason=choice.reason,
+            metric="inner_product" if self.metric == faiss.METRIC_INNER_PRODUCT else "l2",
+            reason=choice.reason,
             search_param=params, recall_at_10=round(recall, 4), recall_queries=len(self.queries),
             target_recall=target_recall, tuning=[(v, round(r, 4)) for v, r in curve],
             latency_p50_ms=round(p50, 3), latency_p95_ms=round(p95, 3),
             memory_budget_bytes=self.memory_budget_bytes, estimated_bytes=choice.estimated_bytes,
             estimated_peak_bytes=estimated_peak_bytes or choice.peak_bytes, index_bytes=index_bytes,
             file_bytes=index_file_bytes(index_dir),
-            peak_rss_bytes=_peak_rss(), bm25=has_bm25, build_seconds=round(time.perf_counter() - self.started, 3),
+            peak_rss_bytes=_peak_rss(), bm25=has_bm25,
+            build_seconds=round(time.perf_counter() - self.started, 3),
             seconds=timer.seconds, fingerprint=self.vec_meta.get("fingerprint", {}), built_vectors=self.n,
             mode_reason=mode_reason,
         )
@@ -278,7 +283,8 @@ def build_index(
     into lists sized exactly beforehand; flat and graph indexes add in one pass. Raises IndexBuildError with the
     numbers when the budget cannot hold any index, or there are too few vectors to train the one asked for.
     """
-    build = _Build(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes, batch_rows=batch_rows)
+    build = _Build(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes,
+                   batch_rows=batch_rows)
     build.sample(seed)
     with build.threads():
         build.train()
@@ -297,9 +303,11 @@ def _transform(pre: faiss.IndexPreTransform | None, x: np.ndarray) -> np.ndarray
 
 
 def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: ExactTopK | None,
-             progress: Callable[[int], None] | None, timer: _Timer, rows: tuple[int, int] | None = None) -> None:
-    """Add every vector (or those of `rows`, [start, stop), with their row numbers as ids: a shard of a sharded
-    build, into inverted lists only), batch by batch, allocating the index's storage once at its final size.
+             progress: Callable[[int], None] | None, timer: _Timer,
+             rows: tuple[int, int] | None = None) -> None:
+    """Add every vector (or those of `rows`, [start, stop), with their row numbers as ids: a shard of a
+    sharded build, into inverted lists only), batch by batch, allocating the index's storage once at its final
+    size.
 
     Growing storage by appends doubles it now and then, and the copy briefly holds old and new: up to
     ~2x the index at the peak. So flat storage is reserved up front, and inverted lists get an assignment
@@ -307,7 +315,9 @@ def _add_all(index: faiss.Index, path: Path, batch_rows: int, n: int, exact: Exa
     pass encodes into them, reusing the assignments.
     """
     def blocks() -> Iterator[np.ndarray]:
-        return iter_vector_batches(path, batch_rows) if rows is None else iter_vector_batches(path, batch_rows, *rows)
+        if rows is None:
+            return iter_vector_batches(path, batch_rows)
+        return iter_vector_batches(path, batch_rows, *rows)
 
     first_id = 0 if rows is None else rows[0]
     outer = faiss.downcast_index(index)

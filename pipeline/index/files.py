@@ -41,7 +41,7 @@ def _tmp(path: Path) -> Path:
 
 
 def save_faiss(index: faiss.Index, index_dir: Path, name: str = INDEX_FILE) -> int:
-    """Write the FAISS index atomically (as index_dir/name: a shard's own name in SHARDS_DIR); its size in bytes."""
+    """Write the FAISS index atomically, as index_dir/name (a shard's in SHARDS_DIR); its size in bytes."""
     index_dir.mkdir(parents=True, exist_ok=True)
     dest = index_dir / name
     tmp = _tmp(dest)

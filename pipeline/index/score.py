@@ -63,8 +63,8 @@ class ExactTopK:
         self._offset += len(block)
 
     def merge(self, scores: np.ndarray, ids: np.ndarray) -> None:
-        """Fold in candidates (`scores` as sign * score, like self.scores) of the same queries; on equal scores
-        the ones already held rank first, so parts merged in row order rank like one stream."""
+        """Fold in candidates (`scores` as sign * score, like self.scores) of the same queries; on equal
+        scores the ones already held rank first, so parts merged in row order rank like one stream."""
         all_d, all_i = np.concatenate([self.scores, scores], 1), np.concatenate([self.ids, ids], 1)
         order = np.argsort(all_d, axis=1, kind="stable")[:, : self.k]
         self.scores, self.ids = np.take_along_axis(all_d, order, 1), np.take_along_axis(all_i, order, 1)

@@ -1,4 +1,4 @@
-"""Sharded index build on a Ray cluster: trained once here, row ranges added by Ray tasks, inverted lists merged.
+"""Sharded index build on a Ray cluster: trained once here, row ranges added by Ray tasks, lists merged here.
 
 Shares build.py's steps (choice, samples, training, recall, files, report), so search cannot tell which built
 an index; only inverted-list indexes are sharded: flat and graph choices are built by build_index, here.
@@ -43,11 +43,11 @@ __all__ = ["SHARDED_KINDS", "ShardPlan", "ShardResult", "add_shard", "build_inde
 
 log = logging.getLogger(__name__)
 
-SHARDED_KINDS = ("ivf", "ivfsq", "ivfpq")  # inverted lists merge; a flat array or a graph would be rebuilt whole
+SHARDED_KINDS = ("ivf", "ivfsq", "ivfpq")  # inverted lists merge; a graph would be rebuilt whole
 MAX_SHARDS = 4096
 PROBE_TIMEOUT_S = 5.0
 WAIT_S = 1.0
-TASK_RETRIES = 2  # a task whose worker or node died is run again by Ray; its shard file is replaced atomically
+TASK_RETRIES = 2  # a task whose worker or node died is run again by Ray; it replaces its shard file whole
 _ID_BYTES = 8
 
 
@@ -100,10 +100,10 @@ def _per_row_bytes(choice: IndexChoice, n: int) -> tuple[int, float]:
 
 def plan_shards(choice: IndexChoice, n: int, group_rows: Sequence[int], budget_bytes: int, workers: int,
                 shards: int | None = None) -> ShardPlan:
-    """`shards` ranges if given, else one per worker, raised until a task and the driver's merge fit the budget.
+    """`shards` ranges if given, else one per worker, doubled until each task and the merge fit the budget.
 
-    A task holds the runtime, its read buffers, the trained empty index, its shard's codes and ids and its list
-    assignments (8 bytes a row); the driver, merging, the whole index and one shard read back.
+    A task holds the runtime, its read buffers, the trained empty index, its shard's codes and ids and its
+    list assignments (8 bytes a row); the driver, merging, the whole index and one shard read back.
     """
     empty, per_row = _per_row_bytes(choice, n)
 
@@ -131,8 +131,8 @@ def _node() -> str:
 
 def add_shard(trained: np.ndarray, vectors_path: str, start: int, stop: int, batch_rows: int,
               queries: np.ndarray, metric: int, shard_dir: str) -> ShardResult:
-    """A Ray task's work: rows [start, stop) of vectors_path added, with their row numbers as ids, into a copy of
-    the trained empty index (`trained`: faiss.serialize_index), saved as a shard file in shard_dir.
+    """A Ray task's work: rows [start, stop) of vectors_path added, with their row numbers as ids, into a copy
+    of the trained empty index (`trained`: faiss.serialize_index), saved as a shard file in shard_dir.
 
     Holds the trained index, this range's codes and ids and one read batch, never the whole matrix; also the
     exact top-k of the recall queries within the range, for the driver's recall measurement. One thread: the
@@ -152,8 +152,8 @@ def add_shard(trained: np.ndarray, vectors_path: str, start: int, stop: int, bat
         save_faiss(index, Path(shard_dir), name)
     del index
     _release_memory()
-    return ShardResult(start, stop, str(Path(shard_dir) / name), sizes, exact.scores, exact.ids, timer.seconds,
-                       _peak_rss(), _node())
+    return ShardResult(start, stop, str(Path(shard_dir) / name), sizes, exact.scores, exact.ids,
+                       timer.seconds, _peak_rss(), _node())
 
 
 def _probe(address: str) -> None:
@@ -165,13 +165,14 @@ def _probe(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
     except OSError as e:
-        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+        why = e.strerror or e
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({why})") from None
 
 
 @contextlib.contextmanager
 def _ray_session(address: str | None) -> Iterator[Any]:
-    """Ray, connected to `address` (else RAY_ADDRESS, else a new local instance, as ray.init does); a connection
-    this process already has is used and left open, one made here is closed after."""
+    """Ray, connected to `address` (else RAY_ADDRESS, else a new local instance, as ray.init does); a
+    connection this process already has is used and left open, one made here is closed after."""
     try:
         import ray
     except ImportError:
@@ -187,7 +188,8 @@ def _ray_session(address: str | None) -> Iterator[Any]:
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ConfigError(f"--ray-address {where or '(a local Ray instance)'}: cannot connect to Ray: {first}") from None
+        where = where or "(a local Ray instance)"
+        raise ConfigError(f"--ray-address {where}: cannot connect to Ray: {first}") from None
     try:
         yield ray
     finally:
@@ -195,9 +197,10 @@ def _ray_session(address: str | None) -> Iterator[Any]:
 
 
 def _task_memory(ray: Any, wanted: int) -> int | None:
-    """The memory a shard task reserves on its node, so a node runs only as many as it holds; None when no node
-    offers that much (Ray would hold such a task forever, unscheduled)."""
-    biggest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    """The memory a shard task reserves on its node, so a node runs only as many as it holds; None when no
+    node offers that much (Ray would hold such a task forever, unscheduled)."""
+    offered = [node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")]
+    biggest = max(offered, default=0)
     if wanted <= biggest:
         return wanted
     log.warning("index: a shard task needs ~%d MiB, more than any Ray node offers (%d MiB): run without a "
@@ -221,12 +224,13 @@ def _run_shards(ray: Any, build: _Build, plan: ShardPlan, shard_dir: Path,
     task = ray.remote(**options)(add_shard)
     trained = ray.put(faiss.serialize_index(build.index))
     queries = ray.put(build.queries)
-    refs = {task.remote(trained, str(build.snap.vectors_path), start, stop, build.batch_rows, queries, build.metric,
-                        str(shard_dir)): i for i, (start, stop) in enumerate(plan.ranges)}
+    path = str(build.snap.vectors_path)
+    rest = (build.batch_rows, queries, build.metric, str(shard_dir))
+    refs = {task.remote(trained, path, start, stop, *rest): i for i, (start, stop) in enumerate(plan.ranges)}
     results: dict[int, ShardResult] = {}
     try:
         while refs:
-            # a bounded wait, so a signal (--deadline, Ctrl-C) is handled between waits, not after the last task
+            # a bounded wait: a signal (--deadline, Ctrl-C) is handled between waits, not after the last task
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 i = refs.pop(ref)
@@ -234,8 +238,8 @@ def _run_shards(ray: Any, build: _Build, plan: ShardPlan, shard_dir: Path,
                     results[i] = ray.get(ref)
                 except ray.exceptions.RayError as e:
                     start, stop = plan.ranges[i]
-                    raise IndexBuildError(f"{build.snap.vectors_path}: index shard of rows {start}-{stop} failed: "
-                                          f"{_cause(e)}") from None
+                    raise IndexBuildError(f"{path}: index shard of rows {start}-{stop} failed: {_cause(e)}") \
+                        from None
                 if progress:
                     progress(plan.ranges[i][1] - plan.ranges[i][0])
     finally:
@@ -246,8 +250,8 @@ def _run_shards(ray: Any, build: _Build, plan: ShardPlan, shard_dir: Path,
 
 
 def _merge(build: _Build, results: list[ShardResult]) -> np.ndarray:
-    """The shards' inverted lists appended, in row order, to the trained index's lists (sized exactly first, so
-    they never grow by doubling); the exact top-k of the recall queries over all shards."""
+    """The shards' inverted lists appended, in row order, to the trained index's lists (sized exactly first,
+    so they never grow by doubling); the exact top-k of the recall queries over all shards."""
     ivf = faiss.extract_index_ivf(build.index)
     invlists = faiss.downcast_InvertedLists(ivf.invlists)
     totals = np.sum([r.list_sizes for r in results], axis=0)
@@ -282,17 +286,18 @@ def build_index_sharded(
 ) -> IndexReport:
     """build_index's index, with the vectors added across a Ray cluster (`pipeline index --engine ray`).
 
-    Here: the choice, one sampling pass and the training (the same sample as build_index, so the same trained
-    quantizer for a seed). Ray tasks: each a range of rows (whole row groups when there are enough), added into
-    its copy of the trained empty index and saved as a shard file beside the index (the snapshot must be on a
-    file system every node sees). Here again: the shards' lists merged in row order, then tuned, measured and
-    saved like build_index. `shards`: default one per cluster CPU, more when a task or the merge would exceed
-    the memory budget. Flat and graph choices are built by build_index in this process.
+    Here: the choice, one sampling pass and the training (the same sample as build_index, so the same
+    trained quantizer for a seed). Ray tasks: each a range of rows (whole row groups when there are enough),
+    added into its copy of the trained empty index and saved as a shard file beside the index (the snapshot
+    must be on a file system every node sees). Here again: the shards' lists merged in row order, then tuned,
+    measured and saved like build_index. `shards`: default one per cluster CPU, more when a task or the merge
+    would exceed the memory budget. Flat and graph choices are built by build_index in this process.
     Raises ConfigError when Ray is missing or unreachable, IndexBuildError when a shard fails after retries.
     """
     if shards is not None and shards < 1:
         raise ConfigError(f"shards: {shards}; at least 1")
-    build = _Build(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes, batch_rows=batch_rows)
+    build = _Build(snap, index_type=index_type, memory_budget_bytes=memory_budget_bytes,
+                   batch_rows=batch_rows)
     shard_dir = snap.index_dir / SHARDS_DIR
     with _ray_session(ray_address) as ray:  # connected first: a wrong address fails before minutes of work
         if build.choice.kind not in SHARDED_KINDS:
@@ -303,8 +308,8 @@ def build_index_sharded(
         workers = int(ray.cluster_resources().get("CPU", 1))
         plan = plan_shards(build.choice, build.n, row_group_sizes(snap.vectors_path), memory_budget_bytes,
                            workers, shards)
-        log.info("index: %d shards for %d CPUs; each task ~%d MiB, the merge ~%d MiB", len(plan.ranges), workers,
-                 plan.task_peak_bytes >> 20, plan.merge_peak_bytes >> 20)
+        log.info("index: %d shards for %d CPUs; each task ~%d MiB, the merge ~%d MiB", len(plan.ranges),
+                 workers, plan.task_peak_bytes >> 20, plan.merge_peak_bytes >> 20)
         build.sample(seed)
         with build.threads():
             build.train()
@@ -319,8 +324,8 @@ def build_index_sharded(
     task_peak = max(r.peak_rss_bytes for r in results)
     slowest = max(sum(r.seconds.values()) for r in results)
     nodes = len({r.node for r in results})
-    reason = (f"sharded: {len(results)} Ray task{'s' * (len(results) > 1)} on {nodes} node(s) ({workers} CPUs), "
-              f"rows in ranges of "
+    tasks = f"{len(results)} Ray task{'s' * (len(results) > 1)}"
+    reason = (f"sharded: {tasks} on {nodes} node(s) ({workers} CPUs), rows in ranges of "
               f"~{math.ceil(build.n / len(results))}; task peak RSS {task_peak >> 20} MiB (estimated "
               f"{plan.task_peak_bytes >> 20}), slowest task {slowest:.1f} s")
     log.info("index: %s", reason)

@@ -1,4 +1,4 @@
-"""The sharded build's parts that need no Ray: row ranges, the shard-count plan, one shard's task, exact top-k merge."""
+"""The sharded build's parts that need no Ray: row ranges, the shard plan, a shard's task, the top-k merge."""
 
 from pathlib import Path
 
@@ -56,8 +56,9 @@ def test_shard_tasks_add_their_rows_as_ids_and_their_exact_topk_merges_to_the_wh
     with single_thread():
         trained.train(matrix[::2])
     queries = matrix[[3, 1500, 1999]]
-    results = [add_shard(faiss.serialize_index(trained), str(snap.vectors_path), a, b, 256, queries,
-                         faiss.METRIC_INNER_PRODUCT, str(tmp_path / "shards")) for a, b in [(0, 700), (700, 2000)]]
+    blob, path, shards = faiss.serialize_index(trained), str(snap.vectors_path), str(tmp_path / "shards")
+    results = [add_shard(blob, path, a, b, 256, queries, faiss.METRIC_INNER_PRODUCT, shards)
+               for a, b in [(0, 700), (700, 2000)]]
     whole = ExactTopK(queries, 11, faiss.METRIC_INNER_PRODUCT)
     whole.add(matrix)
     merged = ExactTopK(queries, 11, faiss.METRIC_INNER_PRODUCT)

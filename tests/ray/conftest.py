@@ -32,8 +32,8 @@ def _free_port() -> int:
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each node's process group (its `ray start --block`, raylet, GCS and workers), then SIGKILL to
-    what is left of them after a short grace: the cluster is thrown away, nothing in it needs saving."""
+    """SIGTERM to each node's process group (its `ray start --block`, raylet, GCS and workers), then SIGKILL
+    to what is left of them after a short grace: the cluster is thrown away, nothing in it needs saving."""
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -64,8 +64,8 @@ def ray_address() -> Iterator[str]:
     procs: list[subprocess.Popen] = []
     log = open(temp / "nodes.log", "ab")  # noqa: SIM115 - closed at teardown
     try:
-        procs.append(subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard=false",
-                                       *node], stdout=log, stderr=subprocess.STDOUT, env=env,
+        head = [ray_bin, "start", "--head", "--port", str(port), "--include-dashboard=false", *node]
+        procs.append(subprocess.Popen(head, stdout=log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True))
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

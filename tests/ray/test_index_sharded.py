@@ -34,17 +34,19 @@ N, DIM = 4000, 32
 def _clustered(n: int, dim: int, seed: int = 0, clusters: int = 40) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(clusters, dim)).astype(np.float32)
-    return normalize_rows(centers[rng.integers(0, clusters, n)] + 0.4 * rng.normal(size=(n, dim)).astype(np.float32))
+    noise = 0.4 * rng.normal(size=(n, dim)).astype(np.float32)
+    return normalize_rows(centers[rng.integers(0, clusters, n)] + noise)
 
 
 def _snapshot(path: Path, matrix: np.ndarray, row_group_size: int | None) -> Snapshot:
-    """A snapshot directory holding vectors.parquet as the store writes it (or in row groups of a given size)."""
+    """A snapshot directory holding vectors.parquet as the store writes it (or in row groups of that size)."""
     snap = Snapshot(path)
     path.mkdir(parents=True)
     chunks = [Chunk(chunk_id=f"d{i}:0", doc_id=f"d{i}", source_path=f"d{i}.txt", chunk_index=0, char_start=0,
                     char_end=3, text=f"t{i}", token_count=1, content_hash=f"h{i}", doc_type="txt")
               for i in range(len(matrix))]
-    meta = {"model": "m", "dimension": DIM, "normalize": True, "fingerprint": {"model": "m", "dimension": DIM}}
+    fingerprint = {"model": "m", "dimension": DIM}
+    meta = {"model": "m", "dimension": DIM, "normalize": True, "fingerprint": fingerprint}
     table = chunk_table(chunks, matrix, meta)
     if row_group_size:
         pq.write_table(table, snap.vectors_path, row_group_size=row_group_size)
@@ -64,15 +66,17 @@ def matrix() -> np.ndarray:
     return _clustered(N, DIM)
 
 
-@pytest.mark.parametrize(("factory", "row_group_size", "shards"), [("IVF32,Flat", 500, 3), ("IVF32,SQ8", None, 2)])
+@pytest.mark.parametrize(("factory", "row_group_size", "shards"),
+                         [("IVF32,Flat", 500, 3), ("IVF32,SQ8", None, 2)])
 def test_sharded_build_is_the_single_process_index(tmp_path: Path, ray_address: str, matrix: np.ndarray,
-                                                  factory: str, row_group_size: int | None, shards: int) -> None:
+                                                  factory: str, row_group_size: int | None,
+                                                  shards: int) -> None:
     single = _snapshot(tmp_path / "single", matrix, row_group_size)
     sharded = _snapshot(tmp_path / "sharded", matrix, row_group_size)
     one = build_index(single, index_type=factory, target_recall=0.9, bm25=False)
     added: list[int] = []
-    rep = build_index_sharded(sharded, ray_address=ray_address, shards=shards, index_type=factory, target_recall=0.9,
-                              bm25=False, progress=added.append)
+    rep = build_index_sharded(sharded, ray_address=ray_address, shards=shards, index_type=factory,
+                              target_recall=0.9, bm25=False, progress=added.append)
 
     assert rep.mode_reason.startswith(f"sharded: {shards} Ray tasks on 2 node(s)")  # both nodes took a task
     assert len(added) == shards and sum(added) == N  # one progress step a shard
@@ -121,7 +125,8 @@ def test_pipeline_index_engine_ray_then_pipeline_search(tmp_path: Path, ray_addr
     topics = ["bread", "metro", "python", "coffee", "stars", "rivers", "chess", "tea"]
     with open(corpus / "notes.jsonl", "w", encoding="utf-8") as f:
         for i in range(2000):
-            f.write(json.dumps({"id": f"n{i}", "text": f"note {i} about {topics[i % 8]} and {topics[i % 5]}"}) + "\n")
+            text = f"note {i} about {topics[i % 8]} and {topics[i % 5]}"
+            f.write(json.dumps({"id": f"n{i}", "text": text}) + "\n")
     out = str(tmp_path / "out")
     with start_emulator(EmulatorProfile()) as emu:
         env = {"GIGACHAT_BASE_URL": emu.base_url, "GIGACHAT_AUTH_URL": emu.auth_url,
@@ -134,11 +139,14 @@ def test_pipeline_index_engine_ray_then_pipeline_search(tmp_path: Path, ray_addr
                          ray_address, "--json", env=env)
             assert built.returncode == 0, built.stderr
             report = json.loads(built.stdout)  # nothing from the Ray tasks on stdout
-            assert report["vectors"] == 2000 and report["mode_reason"].startswith("sharded") == (engine == "ray")
+            assert report["vectors"] == 2000
+            assert report["mode_reason"].startswith("sharded") == (engine == "ray")
             found = _cli("search", "note about chess and tea", "-k", "5", "--json", "--out", out, env=env)
             assert found.returncode == 0, found.stderr
-            results[engine] = [(h["chunk_id"], round(h["score"], 5)) for h in json.loads(found.stdout)["hits"]]
+            hits = json.loads(found.stdout)["hits"]
+            results[engine] = [(h["chunk_id"], round(h["score"], 5)) for h in hits]
         assert len(results["ray"]) == 5 and results["ray"] == results["local"]
-        bad = _cli("index", "--out", out, "--engine", "ray", "--ray-address", "127.0.0.1:1", "--json", env=env)
+        bad = _cli("index", "--out", out, "--engine", "ray", "--ray-address", "127.0.0.1:1", "--json",
+                   env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --ray-address 127.0.0.1:1: ")
     assert bad.stderr.count("\n") == 1
