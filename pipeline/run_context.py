@@ -39,7 +39,7 @@ __all__ = ["CONTEXTUAL_DEFAULT", "OwnedProvider", "RunContext", "chunk_counter",
            "run_spec"]
 
 EXACT_OVERHEAD_TOKENS = 5  # GigaChat's embeddings count runs 5 above /tokens/count (api doc §5.6)
-CONTEXTUAL_DEFAULT = False  # [chunking] contextual when unset and there is no live index to follow
+CONTEXTUAL_DEFAULT = True  # [chunking] contextual when unset and there is no live index to follow: pyfaq says it helps (bench/eval-results.md)
 
 
 def contextual_setting(config: Config, out_dir: Path) -> bool:

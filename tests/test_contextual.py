@@ -192,8 +192,6 @@ def _pinned_corpus(root: Path) -> Path:
 
 def test_off_chunks_and_fingerprints_are_those_of_before_contextual_chunks(tmp_path: Path) -> None:
     """Pinned from main before this feature: an existing index and its cache must stay valid."""
-
-
     from pipeline.config import load_config
     from pipeline.run_context import RunContext
 
@@ -205,7 +203,7 @@ def test_off_chunks_and_fingerprints_are_those_of_before_contextual_chunks(tmp_p
     assert sha(json.dumps(rows)) == "8d24d687410b9ff8ef625dbd364798b9697b93fdd6706c6b784011d63aa7c26b"
     ids = {}
     for model in ("e5-small-local", "Embeddings"):
-        cfg = load_config(None, env={}, model=model, out_dir=tmp_path / "out")
+        cfg = load_config(None, env={"PIPELINE_CONTEXTUAL": "0"}, model=model, out_dir=tmp_path / "out")
         ctx = RunContext.open(cfg, cfg.model_spec())
         assert "contextual" not in ctx.fingerprint["chunking"]
         ids[model] = ctx.fingerprint_id
@@ -217,12 +215,14 @@ def test_contextual_setting_is_in_the_fingerprint_and_read_from_config_and_env(t
 
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.run_context import RunContext
+    from pipeline.run_context import CONTEXTUAL_DEFAULT, RunContext
 
     cfg = load_config(None, env={}, model="Embeddings", out_dir=tmp_path / "out")
     assert cfg.chunking.contextual is None
     on = RunContext.open(replace(cfg, chunking=replace(cfg.chunking, contextual=True)), cfg.model_spec())
-    off = RunContext.open(cfg, cfg.model_spec())
+    off = RunContext.open(replace(cfg, chunking=replace(cfg.chunking, contextual=False)), cfg.model_spec())
+    unset = RunContext.open(cfg, cfg.model_spec())  # no live index: the product default
+    assert unset.settings.contextual is CONTEXTUAL_DEFAULT
     assert on.fingerprint["chunking"]["contextual"] is True and on.settings.contextual
     assert on.fingerprint_id != off.fingerprint_id and on.cache_key == off.cache_key  # vectors by text: one cache
     toml = tmp_path / "run.toml"
@@ -265,7 +265,9 @@ def test_embed_with_contextual_chunks_through_the_emulator(tmp_path: Path) -> No
                "GIGACHAT_CREDENTIALS": emu.credentials}
         unset = load_config(None, env=env, model="Embeddings", corpus=corpus, out_dir=tmp_path / "out")
         on = replace(unset, chunking=replace(unset.chunking, contextual=True))
-        before = api.embed(unset)  # no live index, no setting: the product default (off)
+        off = replace(unset, chunking=replace(unset.chunking, contextual=False))
+        before = api.embed(off)  # an index built before contextual chunks (or with them off)
+        kept = api.embed(unset)  # unset follows that live index, whatever the default: nothing re-embedded
         with pytest.raises(ModelMismatchError, match="--new-index"):
             api.embed(on)
         report = api.embed(on, new_index=True)
@@ -281,7 +283,8 @@ def test_embed_with_contextual_chunks_through_the_emulator(tmp_path: Path) -> No
         plan = api.plan(follow)  # what embed will send, counted the way embed counts it
         edited = api.embed(follow)
         chunked_now = list(api.chunk_corpus(follow, corpus))
-    assert before.exit_code == report.exit_code == again.exit_code == edited.exit_code == 0
+    assert before.exit_code == kept.exit_code == report.exit_code == again.exit_code == edited.exit_code == 0
+    assert kept.embedded == 0 and kept.chunks == before.chunks
     assert again.embedded == 0 and again.chunks == report.chunks
     assert not any("other settings" in n for n in plan.notes)
     assert (plan.texts_to_send, plan.tokens) == (edited.embedded, edited.tokens) and edited.embedded > 0
