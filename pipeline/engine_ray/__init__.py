@@ -69,6 +69,8 @@ def connect(address: str) -> None:
     # "progress bars disabled" (ours are drawn), a pool wider than a small corpus's blocks, and a worker's
     # error with its stack (the run's one error line says it).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # Ray Data's usage collector asks a Prometheus on localhost:9090 after every run (none here).
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     for name in ("ray.data._internal.progress", "ray.data.exceptions",
                  "ray.data._internal.execution.streaming_executor_state"):

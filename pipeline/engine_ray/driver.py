@@ -32,7 +32,13 @@ __all__ = ["run_on_ray"]
 
 log = logging.getLogger("pipeline.engine_ray")
 
-FILES_PER_BLOCK = 32  # files a reading task takes at a time
+# Files a reading task takes at a time: enough blocks that every worker keeps getting some (a worker that
+# starts late finds work, none waits for a block another worker holds), few enough that tasks stay cheap.
+# A block's documents stay one block to the end and go to one worker: one huge .jsonl is embedded by one
+# worker (its batches concurrently). (Ray Data 2.60's streaming repartition, which would spread such a block,
+# hangs before an actor pool: ray-project/ray#54448.)
+BLOCKS_PER_WORKER = 16
+MAX_FILES_PER_BLOCK = 64
 DOCS_PER_BATCH = 128  # documents an embedding worker takes at a time (whole documents, never split)
 CALLS_PER_WORKER = 4  # batches a worker embeds at once, so its requests overlap each other's tails
 READ_CPUS = 0.25  # reading and chunking are light next to embedding
@@ -95,7 +101,8 @@ def _dataset(files: list[tuple[Any, str, bool]], job: RayJob, state: RunState, w
                       "follow": pa.array([f for _, _, f in files], pa.bool_())})
     known = ray.put(state.known or {})
     previous = ray.put({doc_id: e["content_hash"] for doc_id, e in state.previous.items()})
-    ds = ray.data.from_arrow([table.slice(i, FILES_PER_BLOCK) for i in range(0, table.num_rows, FILES_PER_BLOCK)])
+    per_block = min(MAX_FILES_PER_BLOCK, max(1, -(-table.num_rows // (workers * BLOCKS_PER_WORKER))))
+    ds = ray.data.from_arrow([table.slice(i, per_block) for i in range(0, table.num_rows, per_block)])
     ds = ds.map_batches(read_documents, fn_kwargs={"job": job, "known": known}, batch_format="pyarrow",
                         batch_size=None, num_cpus=READ_CPUS)
     ds = ds.map_batches(chunk_documents, fn_kwargs={"job": job, "previous": previous}, batch_format="pyarrow",

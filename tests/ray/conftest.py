@@ -1,13 +1,12 @@
-"""A real two-node Ray cluster on this machine (a head and a second node, one CPU each) for tests/ray/.
+"""A real two-node Ray cluster on this machine (a head and a second node, one CPU each) for the Ray engine's tests.
 
-The nodes are `ray start --block` processes this fixture starts, each in its own process group, and stops
-by those groups: never `ray stop`, which would end every Ray process of the user (other test runs' too).
+Started once per session with `ray start --block` in its own temp dir and stopped by the PIDs it started (never
+`ray stop`, which stops every Ray on the machine). Without the ray extra these tests are skipped, unless
+PIPELINE_REQUIRE_RAY is set (`make test-ray`), where a missing Ray is an error.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -17,12 +16,50 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-START_TIMEOUT_S = 120
-STOP_GRACE_S = 5
+if os.environ.get("PIPELINE_REQUIRE_RAY"):
+    import ray  # noqa: F401  (make test-ray: a missing extra fails here, it is not skipped)
+else:
+    pytest.importorskip("ray", reason="the ray extra is not installed (make test-ray installs it)")
+
+import contextlib
+
+from pipeline.emulator.profile import DEFAULT_CREDENTIALS
+
+STARTUP_S = 180.0  # two nodes on a busy 2-core machine
+
+
+@dataclass
+class Cluster:
+    address: str  # 127.0.0.1:<port> of the head
+    temp_dir: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def embed_worker_pids(self) -> list[int]:
+        """The processes of the embedding actors (Ray Data's pool workers) this cluster runs now."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [p.pid for p in self.processes]
+        while todo:
+            pid = todo.pop()
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"MapBatches(EmbedActor)" in title:
+                found.append(pid)
+            todo += children.get(pid, [])
+        return found
 
 
 def _free_port() -> int:
@@ -31,59 +68,74 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to each node's process group (its `ray start --block`, raylet, GCS and workers), then SIGKILL
-    to what is left of them after a short grace: the cluster is thrown away, nothing in it needs saving."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in procs:
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    ray = Path(sys.executable).with_name("ray")
+    with log.open("wb") as out:  # (the child keeps its own copy of the descriptor)
+        return subprocess.Popen([str(ray), "start", *args, "--num-cpus", "1", "--disable-usage-stats",
+                                 "--node-ip-address", "127.0.0.1", "--object-store-memory", str(150 << 20),
+                                 "--block"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+
+
+def _wait_started(process: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    while b"Ray runtime started" not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start failed or timed out: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.5)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each `ray start --block` (it stops what it started), then SIGKILL whatever is left of its group."""
+    for p in reversed(processes):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(processes):
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    for proc in procs:
+            p.wait(timeout=20)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
 
 
 @pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """The address of the cluster; this test process is connected to it (ray.init) for the session."""
+def ray_cluster() -> Iterator[Cluster]:
+    # A short temp dir: Ray's unix sockets live under it, and a socket path may not pass 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIGACHAT_", "PIPELINE_", "RAY_"))}
+    # The workers' credentials come from the environment their node started in (the emulator's key);
+    # a node asked to stop does so at once instead of draining for 30 s.
+    env.update(GIGACHAT_CREDENTIALS=DEFAULT_CREDENTIALS, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    port = _free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + STARTUP_S
+    try:
+        processes.append(_start(["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(temp),
+                                 "--dashboard-port", str(_free_port())], temp / "head.log", env))
+        _wait_started(processes[0], temp / "head.log", deadline)
+        processes.append(_start(["--address", f"127.0.0.1:{port}"], temp / "node.log", env))
+        _wait_started(processes[1], temp / "node.log", deadline)
+        yield Cluster(f"127.0.0.1:{port}", temp, processes)
+    finally:
+        _stop(processes)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_connected(ray_cluster: Cluster) -> Cluster:
+    """This test process joined to the cluster (as the engine joins it), once both nodes are in."""
     import ray
 
-    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
-    node = ["--num-cpus", "1", "--block", "--disable-usage-stats", "--temp-dir", str(temp),
-            "--object-store-memory", str(128 << 20), "--node-ip-address", "127.0.0.1",
-            "--dashboard-agent-listen-port", str(_free_port())]
-    procs: list[subprocess.Popen] = []
-    log = open(temp / "nodes.log", "ab")  # noqa: SIM115 - closed at teardown
-    try:
-        head = [ray_bin, "start", "--head", "--port", str(port), "--include-dashboard=false", *node]
-        procs.append(subprocess.Popen(head, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                raise RuntimeError(f"the Ray head did not start: see {temp / 'nodes.log'}")
-            time.sleep(0.5)
-        procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *node], stdout=log,
-                                      stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            if time.monotonic() > deadline or procs[1].poll() is not None:
-                raise RuntimeError(f"the second Ray node did not join: see {temp / 'nodes.log'}")
-            time.sleep(0.5)
-        yield address
-    finally:
-        ray.shutdown()
-        _stop(procs)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+    from pipeline.engine_ray import connect
+
+    connect(ray_cluster.address)
+    deadline = time.monotonic() + STARTUP_S
+    while sum(1 for n in ray.nodes() if n["Alive"]) < 2:
+        assert time.monotonic() < deadline, "the second node never joined"
+        time.sleep(0.5)
+    return ray_cluster
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_connected: LocalCluster) -> str:
+    """The cluster's address, this test process joined to it (the sharded index build's tests)."""
+    return ray_connected.address
