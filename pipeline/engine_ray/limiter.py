@@ -77,13 +77,15 @@ def limiter_for(config: Config, spec: ModelSpec, endpoint: str) -> LimiterRef:
 
 class _LimiterActor:
     """The key's limits (an async Ray actor): slots by id, so a lost or doubled release is harmless, and by
-    holder, so a restarted worker gives back what its killed predecessor held."""
+    holder ("<worker>/<incarnation>"), so a restarted worker gives back what its killed predecessor held or
+    was still waiting for (a wait granted later would leak the slot for good)."""
 
     def __init__(self, settings: LimiterSettings) -> None:
         self.settings = settings
         self.local = LocalLimiter(settings.concurrency, settings.requests_per_minute, settings.tokens_per_minute)
         self.slots: dict[str, tuple[Slot, str, float]] = {}  # slot id -> (slot, holder, lease end)
-        self.cancelled: set[str] = set()  # released before they were granted
+        self.waiting: dict[str, str] = {}  # slot id -> holder, while its acquire waits
+        self.cancelled: set[str] = set()  # released (or their holder gone) before they were granted
         self.last_call = time.monotonic()
         self.sweeper: asyncio.Task[None] | None = None
 
@@ -102,8 +104,12 @@ class _LimiterActor:
 
     async def acquire(self, slot_id: str, holder: str, first: bool) -> None:
         self._touch()
-        slot = await self.local.acquire(first=first)
-        if slot_id in self.cancelled:  # the caller gave up waiting: never held
+        self.waiting[slot_id] = holder
+        try:
+            slot = await self.local.acquire(first=first)
+        finally:
+            self.waiting.pop(slot_id, None)
+        if slot_id in self.cancelled:  # the caller gave up waiting, or died: never held
             self.cancelled.discard(slot_id)
             slot.release()
             return
@@ -118,12 +124,19 @@ class _LimiterActor:
             held[0].release()
 
     async def release_holder(self, holder: str) -> int:
-        """Give back every slot `holder` holds (a worker that restarted: its predecessor was killed)."""
+        """A worker (re)started as `holder`: what earlier incarnations of it held is given back, what they
+        still wait for is never granted. Returns the slots given back."""
         self._touch()
-        mine = [k for k, (_, who, _) in self.slots.items() if who == holder]
-        for k in mine:
+        worker = holder.split("/", 1)[0] + "/"
+
+        def gone(who: str) -> bool:
+            return who.startswith(worker) and who != holder
+
+        self.cancelled.update(k for k, who in self.waiting.items() if gone(who))
+        held = [k for k, (_, who, _) in self.slots.items() if gone(who)]
+        for k in held:
             self.slots.pop(k)[0].release()
-        return len(mine)
+        return len(held)
 
     async def pace(self, tokens: int) -> Pace:
         self._touch()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,9 @@ class EmbedActor:
         spec = job.spec
         self.cache = VectorCache(job.cache_dir, job.cache_key, spec.dimension, normalize=spec.normalize,
                                  read_only=True)
-        self.holder = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
+        # This incarnation of the worker: Ray restarts a killed worker under the same actor id.
+        actor = ray.get_runtime_context().get_actor_id() or "driver"
+        self.holder = f"{actor}/{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.limiter: Limiter
         self._remote: RemoteLimiter | None = None
         if job.limiter is not None:
@@ -174,7 +177,7 @@ class EmbedActor:
                               "node the same")
         if not self.started:
             self.started = True
-            if self._remote is not None:
+            if self._remote is not None:  # (a first start has no predecessor: nothing to give back)
                 freed = await self._remote.release_holder()
                 if freed:
                     log.warning("worker %s restarted: gave back %d in-flight slots", self.holder, freed)

@@ -23,10 +23,10 @@ from pipeline.config import Config, EngineConfig, load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
 from pipeline.emulator.server import RunningEmulator, start_emulator_process
 from pipeline.emulator.vectors import embed_texts
+from pipeline.engine_ray.local_cluster import LocalCluster as Cluster
 from pipeline.errors import ConfigError
 from pipeline.store import current_snapshot
 
-Cluster = Any  # tests/ray/conftest.py's Cluster (fixtures ray_cluster, ray_connected)
 pytestmark = pytest.mark.ray
 
 
