@@ -1,8 +1,6 @@
 """A real two-node Ray cluster on this machine (a head and a second node, one CPU each) for the Ray engine's tests.
 
 Started once per session (engine_ray.local_cluster: `ray start --block` in its own temp dir, stopped by its PIDs).
-Without the ray extra these tests are skipped, unless PIPELINE_REQUIRE_RAY is set (`make test-ray`), where a
-missing Ray is an error.
 """
 
 from __future__ import annotations
@@ -12,11 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-if os.environ.get("PIPELINE_REQUIRE_RAY"):
-    import ray  # noqa: F401  (make test-ray: a missing extra fails here, it is not skipped)
-else:
-    pytest.importorskip("ray", reason="the ray extra is not installed (make test-ray installs it)")
 
 from pipeline.emulator.profile import DEFAULT_CREDENTIALS
 from pipeline.engine_ray.local_cluster import STARTUP_S, LocalCluster, local_cluster

@@ -18,6 +18,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+# Without the ray extra these tests are skipped; `make test-ray` sets PIPELINE_REQUIRE_RAY: there it must be there.
+if os.environ.get("PIPELINE_REQUIRE_RAY"):
+    import ray  # noqa: F401
+else:
+    pytest.importorskip("ray", reason="the ray extra is not installed (make test-ray installs it)")
+
 from pipeline import api
 from pipeline.config import Config, EngineConfig, load_config
 from pipeline.emulator import EmulatorProfile, start_emulator
