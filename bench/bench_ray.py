@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=10.0, help="the emulator's requests/s (P1: 20)")
     parser.add_argument("--local-passages", type=int, default=80, help="local-model corpus")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--paths", default="api,local", help="api (the emulator), local (the local model), or both")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     rows: list[dict[str, Any]] = []
@@ -88,7 +89,7 @@ def main() -> None:
             env = {"GIGACHAT_BASE_URL": emu.base_url, "GIGACHAT_AUTH_URL": emu.auth_url,
                    "GIGACHAT_CREDENTIALS": emu.credentials}
             for _ in range(opts.repeat):
-                for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+                for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)) if "api" in opts.paths else ():
                     time.sleep(2)  # the emulator's bucket refills
                     emu.reset_stats()
                     row = run(api_corpus, work, "Embeddings", engine, workers, cluster.address, env)
@@ -101,7 +102,7 @@ def main() -> None:
                     row["calls_pct"] = 100 * row["embedded"] / row["calls_s"] / ceiling
                     print(orjson.dumps(row).decode(), flush=True)
                     rows.append(row)
-                for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+                for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)) if "local" in opts.paths else ():
                     row = run(local_corpus, work, "e5-small-local", engine, workers, cluster.address, {})
                     row.pop("started_at")
                     row["chunks_per_s"] = row["chunks"] / row["wall_s"]

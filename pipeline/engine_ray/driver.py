@@ -32,15 +32,14 @@ __all__ = ["run_on_ray"]
 
 log = logging.getLogger("pipeline.engine_ray")
 
-# Files a reading task takes at a time: enough blocks that every worker keeps getting some (a worker that
-# starts late finds work, none waits for a block another worker holds), few enough that tasks stay cheap.
-# A block's documents stay one block to the end and go to one worker: one huge .jsonl is embedded by one
-# worker (its batches concurrently). (Ray Data 2.60's streaming repartition, which would spread such a block,
-# hangs before an actor pool: ray-project/ray#54448.)
-BLOCKS_PER_WORKER = 16
+# Files a reading task takes at a time; their documents stay one block, which one worker embeds in one call
+# (whole documents, never split). Enough blocks that every worker keeps getting some (one that starts late
+# finds work; a CPU model's workers share the work finely), few enough that an API worker's calls fill their
+# requests (a call's last request is short). One huge .jsonl is one block, so one worker's. (Ray Data 2.60's
+# streaming repartition, which would spread it, hangs before an actor pool: ray-project/ray#54448.)
+BLOCKS_PER_WORKER = {True: 16, False: 4}  # by cpu_bound
 MAX_FILES_PER_BLOCK = 64
-DOCS_PER_BATCH = 128  # documents an embedding worker takes at a time (whole documents, never split)
-CALLS_PER_WORKER = 4  # batches a worker embeds at once, so its requests overlap each other's tails
+CALLS_PER_WORKER = 4  # blocks a worker embeds at once, so its requests overlap each other's tails
 READ_CPUS = 0.25  # reading and chunking are light next to embedding
 # An API worker waits on the network; a CPU model's worker computes (and its engine threads itself).
 API_WORKER_CPUS = 0.5
@@ -77,8 +76,8 @@ def run_on_ray(state: RunState, settings: EngineConfig) -> tuple[EmbedStats, int
     if files:
         taker = _Taker(state, stats, seen)
         try:
-            for batch in _dataset(files, job, state, workers, per_worker).iter_batches(batch_format="pyarrow",
-                                                                                       batch_size=None):
+            for batch in _dataset(files, job, state, workers, cpu_bound).iter_batches(batch_format="pyarrow",
+                                                                                      batch_size=None):
                 for row in batch.to_pylist():
                     taker.take(row)
         except PipelineError:
@@ -92,7 +91,7 @@ def run_on_ray(state: RunState, settings: EngineConfig) -> tuple[EmbedStats, int
 
 
 def _dataset(files: list[tuple[Any, str, bool]], job: RayJob, state: RunState, workers: int,
-             per_worker: float) -> ray.data.Dataset:
+             cpu_bound: bool) -> ray.data.Dataset:
     data = ray.data.DataContext.get_current()
     data.execution_options.preserve_order = True  # rows come back in corpus order, as the local engine reads
     data.enable_progress_bars = False  # the run's own bars (documents, vectors) are drawn here
@@ -101,16 +100,18 @@ def _dataset(files: list[tuple[Any, str, bool]], job: RayJob, state: RunState, w
                       "follow": pa.array([f for _, _, f in files], pa.bool_())})
     known = ray.put(state.known or {})
     previous = ray.put({doc_id: e["content_hash"] for doc_id, e in state.previous.items()})
-    per_block = min(MAX_FILES_PER_BLOCK, max(1, -(-table.num_rows // (workers * BLOCKS_PER_WORKER))))
+    per_block = min(MAX_FILES_PER_BLOCK, max(1, -(-table.num_rows // (workers * BLOCKS_PER_WORKER[cpu_bound]))))
     ds = ray.data.from_arrow([table.slice(i, per_block) for i in range(0, table.num_rows, per_block)])
     ds = ds.map_batches(read_documents, fn_kwargs={"job": job, "known": known}, batch_format="pyarrow",
                         batch_size=None, num_cpus=READ_CPUS)
     ds = ds.map_batches(chunk_documents, fn_kwargs={"job": job, "previous": previous}, batch_format="pyarrow",
                         batch_size=None, num_cpus=READ_CPUS)
     return ds.map_batches(EmbedActor, fn_constructor_kwargs={"job": job}, batch_format="pyarrow",
-                          batch_size=DOCS_PER_BATCH, num_cpus=per_worker,
+                          batch_size=None, num_cpus=CPU_WORKER_CPUS if cpu_bound else API_WORKER_CPUS,
+                          # No block waits queued at a busy worker while another (started later) has room.
                           compute=ray.data.ActorPoolStrategy(size=workers,
-                                                             max_concurrent_calls_per_actor=CALLS_PER_WORKER))
+                                                             max_concurrent_calls_per_actor=CALLS_PER_WORKER,
+                                                             max_tasks_in_flight_per_actor=CALLS_PER_WORKER))
 
 
 class _Taker:
