@@ -142,7 +142,8 @@ class _Taker:
             raise StoreError(f"{doc_id}: the cluster took it for unchanged, the driver for changed")
         metadata = orjson.loads(row["metadata"]) if row["metadata"] else {}
         chunks = [Chunk(c["chunk_id"], doc_id, row["source_path"], c["chunk_index"], c["char_start"], c["char_end"],
-                        c["text"], c["token_count"], c["content_hash"], row["doc_type"], c["overlap_chars"], metadata)
+                        c["text"], c["token_count"], c["content_hash"], row["doc_type"], c["overlap_chars"],
+                        orjson.loads(c["metadata"]) if c["metadata"] else metadata, c["context"] or "")
                   for c in row["chunks"]]
         # Asked again here: what landed since the worker looked (another batch's vectors) is no longer missing.
         missing = st.cache.missing(row["missing"]) if row["missing"] else []

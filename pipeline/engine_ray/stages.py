@@ -37,13 +37,14 @@ log = logging.getLogger("pipeline.engine_ray")
 
 CHUNK_TYPE = pa.struct([("chunk_id", pa.string()), ("chunk_index", pa.int32()), ("char_start", pa.int64()),
                         ("char_end", pa.int64()), ("text", pa.large_string()), ("token_count", pa.int32()),
-                        ("content_hash", pa.string()), ("overlap_chars", pa.int32())])
+                        ("content_hash", pa.string()), ("overlap_chars", pa.int32()), ("context", pa.string()),
+                        ("metadata", pa.string())])  # a chunk's own metadata (its heading path), when not its document's
 # A row with no doc_id carries the SourceReport of the files a task read (pickled): files that gave no
 # document (skipped, empty) are counted too. A document row's `changed` is false when the previous snapshot
 # has its content hash: it travels as ids only, for the driver's diff and shrink check.
 _DOC_FIELDS = [("doc_id", pa.string()), ("source_path", pa.string()), ("doc_type", pa.string()),
                ("content_hash", pa.string()), ("metadata", pa.string()), ("report", pa.binary())]
-DOCS = pa.schema([*_DOC_FIELDS, ("text", pa.large_string())])
+DOCS = pa.schema([*_DOC_FIELDS, ("text", pa.large_string()), ("headings", pa.string())])
 CHUNKED = pa.schema([*_DOC_FIELDS, ("changed", pa.bool_()), ("chunks", pa.list_(CHUNK_TYPE))])
 # Embedded: `missing` the hashes the cache lacked when the worker looked, `vec_keys` those it embedded for this
 # document (a hash the batch shares goes with its first document), `vectors` their raw float32 rows,
@@ -100,6 +101,7 @@ def read_documents(batch: pa.Table, job: RayJob, known: Any) -> pa.Table:
         rows["content_hash"].append(d.content_hash)
         rows["metadata"].append(orjson.dumps(d.metadata).decode() if d.metadata else None)
         rows["text"].append(d.text)
+        rows["headings"].append(orjson.dumps(d.headings).decode() if d.headings else None)
         rows["report"].append(None)
     return pa.table(rows, schema=DOCS)
 
@@ -112,10 +114,11 @@ def chunk_documents(batch: pa.Table, job: RayJob, previous: Any) -> pa.Table:
     {doc_id: content_hash}) already holds unchanged is not chunked."""
     hashes: dict[str, str] = _get(previous)
     counter = _counters.get(job.spec.name) or _counters.setdefault(job.spec.name, token_counter_for(job.spec))
-    columns = {name: batch.column(name) for name in DOCS.names if name != "text"}
+    columns = {name: batch.column(name) for name in DOCS.names if name not in ("text", "headings")}
     changed: list[bool | None] = []
     chunks: list[list[dict[str, Any]] | None] = []
-    for row in batch.select(["doc_id", "source_path", "doc_type", "content_hash", "metadata", "text"]).to_pylist():
+    for row in batch.select(["doc_id", "source_path", "doc_type", "content_hash", "metadata", "text",
+                             "headings"]).to_pylist():
         if row["doc_id"] is None:  # the report row
             changed.append(None)
             chunks.append(None)
@@ -126,10 +129,12 @@ def chunk_documents(batch: pa.Table, job: RayJob, previous: Any) -> pa.Table:
             chunks.append([])
             continue
         doc = Document(row["doc_id"], row["source_path"], row["text"], row["content_hash"], row["doc_type"],
-                       orjson.loads(row["metadata"]) if row["metadata"] else {})
+                       orjson.loads(row["metadata"]) if row["metadata"] else {},
+                       tuple(tuple(h) for h in orjson.loads(row["headings"])) if row["headings"] else ())
         chunks.append([{"chunk_id": c.chunk_id, "chunk_index": c.chunk_index, "char_start": c.char_start,
                         "char_end": c.char_end, "text": c.text, "token_count": c.token_count,
-                        "content_hash": c.content_hash, "overlap_chars": c.overlap_chars}
+                        "content_hash": c.content_hash, "overlap_chars": c.overlap_chars, "context": c.context,
+                        "metadata": None if c.metadata is doc.metadata else orjson.dumps(c.metadata).decode()}
                        for c in chunk_document(doc, job.settings, counter)])
     return pa.table({**columns, "changed": pa.array(changed, pa.bool_()),
                      "chunks": pa.array(chunks, pa.list_(CHUNK_TYPE))}, schema=CHUNKED)
@@ -196,7 +201,9 @@ class EmbedActor:
         for r in rows:
             for c in r["chunks"] or ():
                 if c["content_hash"] in missing and c["content_hash"] not in texts:
-                    texts[c["content_hash"]] = EmbedItem(c["content_hash"], c["text"], c["token_count"])
+                    # What the model embeds: the chunk's context (contextual chunks), then its text.
+                    texts[c["content_hash"]] = EmbedItem(c["content_hash"], (c["context"] or "") + c["text"],
+                                                         c["token_count"])
         vectors: dict[str, np.ndarray] = {}
         stats = EmbedStats()
         if texts and self.aborted:

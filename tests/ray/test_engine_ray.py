@@ -78,15 +78,17 @@ def _check_emulator_vectors(out: Path, model: str, expected_ids: list[str]) -> N
     assert np.abs(got - want).max() < 2e-6
 
 
-@pytest.mark.parametrize("model", ["Embeddings", "e5-small-local"])
+@pytest.mark.parametrize(("model", "contextual"), [("Embeddings", True), ("e5-small-local", False)])
 def test_the_ray_engine_writes_the_local_engines_snapshot(ray_connected: Cluster, tiny_corpus: Path,
-                                                          tmp_path: Path, model: str) -> None:
+                                                          tmp_path: Path, model: str, contextual: bool) -> None:
     with start_emulator(EmulatorProfile()) as emu:
         emulator = emu if model == "Embeddings" else None
-        local_config = _config(tiny_corpus, tmp_path / "local", tmp_path / "cache-local", model=model, emu=emulator,
-                               engine="local")
-        ray_config = _config(tiny_corpus, tmp_path / "ray", tmp_path / "cache-ray", model=model, emu=emulator,
-                             address=ray_connected.address)
+        local_config, ray_config = (
+            _config(tiny_corpus, tmp_path / engine, tmp_path / f"cache-{engine}", model=model, emu=emulator,
+                    engine=engine, address=ray_connected.address) for engine in ("local", "ray"))
+        # (contextual: each chunk embedded with its title and headings in front, which travel with the rows)
+        local_config, ray_config = (c.with_overrides(chunking=replace(c.chunking, contextual=contextual))
+                                    for c in (local_config, ray_config))
         local = api.embed(local_config)
         on_ray = api.embed(ray_config)
         assert (on_ray.engine, on_ray.workers) == ("ray", 2)
