@@ -7,10 +7,10 @@ CONFIG  ?= configs/default.toml
 Q       ?= how do I create a virtual environment
 K       ?= 5
 
-.PHONY: embed index search ask test test-integration lint bench emulator clean help
+.PHONY: embed index search ask test test-ray test-integration lint bench emulator clean help
 
 help:
-	@echo "make embed | search Q='...' | ask Q='...' | index | test | test-integration | lint | bench | emulator | clean"
+	@echo "make embed | search Q='...' | ask Q='...' | index | test | test-ray | test-integration | lint | bench | emulator | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,12 @@ ask: $(STAMP)
 	$(BIN)/pipeline ask --config $(CONFIG) "$(Q)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ray"
+
+# The Ray engine on a two-node Ray cluster the tests start on this machine (tests/ray): installs the ray extra.
+test-ray: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	PIPELINE_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m ray tests/ray
 
 # LiteLLM proxy in front of the emulator (the seed's model_list): heavy, so it gets its own venv and target.
 LITELLM_VENV := .venv-litellm

@@ -65,9 +65,16 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
     ShrinkRefusedError when the corpus is empty or lost over [sources] max_deleted_share of the live
     documents, unless allow_shrink. `verify`: read every file, even those whose size and mtime are unchanged.
+    [engine] name "ray" reads, chunks and embeds on a Ray cluster (engine_ray; the pipeline[ray] extra), into
+    the same snapshot, manifest and index as the local engine; ConfigError when Ray is missing or unreachable.
     """
+    engine = None
+    if config.engine.name == "ray":
+        from .engine_ray import RayEngine  # Ray itself is imported when the engine runs
+
+        engine = RayEngine(config.engine)
     return run.embed(config, build=build, new_index=new_index, progress=progress, provider=provider,
-                     allow_shrink=allow_shrink, verify=verify)
+                     allow_shrink=allow_shrink, verify=verify, engine=engine)
 
 
 def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:

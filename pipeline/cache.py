@@ -72,11 +72,14 @@ class VectorCache:
     An old `<root>/vectors/<key>/part-*.parquet` cache is imported on first open, then removed.
     """
 
-    def __init__(self, root: Path, key: str, dimension: int, *, normalize: bool = False) -> None:
+    def __init__(self, root: Path, key: str, dimension: int, *, normalize: bool = False,
+                 read_only: bool = False) -> None:
         self.path = root / "vectors" / f"{key}{DB_SUFFIX}"
         self.key = key
         self.dimension = dimension
         self.normalize = normalize
+        # Lookups only, beside the one process that writes (the Ray engine's workers); opened once the file exists.
+        self.read_only = read_only
         self.corrupt = 0  # entries found corrupt by this instance (each also logged, up to a limit)
         self._row_bytes = 4 * dimension
         # Hashes this instance wrote or verified, so `in` asks SQLite once per hash; forgotten past KNOWN_MAX,
@@ -85,13 +88,25 @@ class VectorCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None  # opened by the first write, or now if the file exists
         old_dir = root / "vectors" / key
-        if self.path.exists() or old_dir.is_dir():
+        if read_only:
+            self._attach()
+        elif self.path.exists() or old_dir.is_dir():
             self._open()
             self._import_parts(old_dir)
+
+    def _attach(self) -> None:
+        """Read-only: connect once the writer has created the file (until then every hash is missing)."""
+        if self.read_only and self._db is None and self.path.exists():
+            try:
+                self._db = _connect(self.path, read_only=True)
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: cannot open the vector cache: {e}") from None
 
     def _open(self) -> sqlite3.Connection:
         """The connection, creating the file and its schema if needed (under self._lock or in __init__)."""
         if self._db is None:
+            if self.read_only:
+                raise StoreError(f"{self.path}: the vector cache is open read-only here")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 db = _connect(self.path)
@@ -117,6 +132,7 @@ class VectorCache:
     def missing(self, hashes: Iterable[str]) -> list[str]:
         """The hashes (distinct, in first-seen order) with no sound entry: absent, or corrupt (then counted)."""
         wanted = [h for h in dict.fromkeys(hashes) if h not in self._known]
+        self._attach()
         if not wanted or self._db is None:
             return wanted
         good: set[str] = set()
@@ -135,6 +151,7 @@ class VectorCache:
         """
         distinct = list(dict.fromkeys(hashes))
         blobs: dict[str, bytes] = {}
+        self._attach()
         if self._db is None:  # nothing was ever written
             if distinct:
                 raise StoreError(f"{self.path}: no cached vector for {distinct[0]} (the cache is empty)")

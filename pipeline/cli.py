@@ -152,20 +152,54 @@ def _embed_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True),
                      help="With --plan: expected time of one request (default: a guess, printed)."),
         click.option("--progress/--no-progress", default=True, help="Show progress bars on stderr."),
+        click.option("--engine", metavar="local|ray",
+                     help="Where documents are read, chunked and embedded: this process (local, the default) or a "
+                          "Ray cluster (ray: needs pip install 'pipeline[ray]'). [engine] name."),
+        click.option("--ray-address", metavar="ADDR",
+                     help="With --engine ray: the cluster (HOST:PORT of its head, or ray://HOST:PORT); default "
+                          "[engine] ray_address, else Ray's own choice (RAY_ADDRESS, else the latest local cluster)."),
+        click.option("--ray-workers", metavar="N",
+                     help="With --engine ray: embedding actors (default [engine] workers; 0: one per CPU)."),
         json_option,
     ]):
         f = option(f)
     return f
 
 
+def _with_engine_options(config: Config, engine: str | None, ray_address: str | None,
+                         ray_workers: str | None) -> Config:
+    """--engine, --ray-address and --ray-workers over [engine]; a bad value is one ConfigError naming its option."""
+    from dataclasses import replace
+
+    from .errors import ConfigError
+
+    changes: dict[str, Any] = {}
+    if engine is not None:
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine: expected local or ray, got {engine!r}")
+        changes["name"] = engine
+    if ray_address is not None:
+        changes["ray_address"] = ray_address
+    if ray_workers is not None:
+        try:
+            changes["workers"] = int(ray_workers)
+        except ValueError:
+            changes["workers"] = -1
+        if changes["workers"] < 0:
+            raise ConfigError(f"--ray-workers: expected a number of workers (0: one per CPU), got {ray_workers!r}")
+    return config.with_overrides(engine=replace(config.engine, **changes))
+
+
 def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None, out_dir: str | None,
                no_index: bool, new_index: bool, batch_size: int | None, exact_tokens: bool,
                follow_symlinks: bool | None, verify: bool, allow_shrink: bool, plan_only: bool,
-               latency_ms: float | None, progress: bool, as_json: bool) -> None:
+               latency_ms: float | None, progress: bool, engine: str | None, ray_address: str | None,
+               ray_workers: str | None, as_json: bool) -> None:
     from dataclasses import replace
 
     config = _config(config_path, model=model, corpus=corpus, out_dir=out_dir, exact_tokens=exact_tokens,
                      follow_symlinks=follow_symlinks)
+    config = _with_engine_options(config, engine, ray_address, ray_workers)
     if batch_size:
         config = config.with_overrides(embedding=replace(config.embedding, batch_size=batch_size))
     if plan_only:
@@ -179,7 +213,8 @@ def _run_embed(corpus: Path | None, config_path: Path | None, model: str | None,
     from .providers import warmed_provider
 
     provider = None
-    if config.corpus is not None and config.corpus.exists():  # else embed refuses it: fetch nothing
+    # (The Ray engine embeds on the cluster: this process needs no provider, so fetches no token.)
+    if config.corpus is not None and config.corpus.exists() and config.engine.name == "local":
         spec = config.model_spec()
         preload_counter(spec)
         provider = warmed_provider(spec, config)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -27,6 +27,7 @@ __all__ = [
     "ChunkingConfig",
     "Config",
     "EmbeddingConfig",
+    "EngineConfig",
     "GigaChatSettings",
     "ImagesConfig",
     "IndexConfig",
@@ -122,6 +123,15 @@ class EmbeddingConfig:
     # Texts read and chunked but not yet embedded, at most: with the row group being written, what bounds a
     # run's memory (about 4 KB a text), whatever the corpus size.
     max_queued_texts: int = 20_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where embed and reindex run: this process ("local"), or a Ray cluster ("ray", the pipeline[ray] extra)."""
+
+    name: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # "": Ray's own choice (RAY_ADDRESS, else the latest local cluster, else a new one)
+    workers: int = 0  # embedding actors on the cluster; 0: one per CPU of the cluster
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,7 @@ class Config:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     out_uri: str = ""  # s3://bucket/prefix (or gs://, file://) when the output is remote; "" for a local one
+    engine: EngineConfig = field(default_factory=EngineConfig)
     source: str = "<defaults>"
 
     def model_spec(self, name: str | None = None) -> ModelSpec:
@@ -278,6 +289,24 @@ class Config:
     def out_label(self) -> str:
         """The output as the user named it: the URI of a remote one, else the directory."""
         return self.out_uri or str(self.out_dir)
+
+    def without_secrets(self) -> Config:
+        """This config with every credential left out: what is sent to other machines (the Ray engine's
+        workers), which take theirs from their own environment (with_env_secrets)."""
+        gigachat = replace(self.gigachat, **{name: None for name in _GIGACHAT_SECRETS})
+        return replace(self, gigachat=gigachat, openai=replace(self.openai, api_key=None))
+
+    def with_env_secrets(self, env: Mapping[str, str]) -> Config:
+        """Credentials from `env` (GIGACHAT_*, PIPELINE_OPENAI_API_KEY or OPENAI_API_KEY), as load_config reads
+        them, into a config that has none (without_secrets)."""
+        found = {name: Secret(env[f"GIGACHAT_{name.upper()}"]) for name in _GIGACHAT_SECRETS
+                 if env.get(f"GIGACHAT_{name.upper()}")}
+        key = env.get("PIPELINE_OPENAI_API_KEY") or env.get("OPENAI_API_KEY")
+        return replace(self, gigachat=replace(self.gigachat, **found),
+                       openai=replace(self.openai, api_key=Secret(key) if key else None))
+
+
+_GIGACHAT_SECRETS = ("credentials", "access_token", "password", "key_file_password")
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -537,7 +566,7 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
     top_allowed = {"corpus", "model", "out_dir", "cache_dir", "registry", "chunking", "embedding",
-                   "index", "ask", "gigachat", "openai", "images", "sources", "storage"}
+                   "index", "ask", "gigachat", "openai", "images", "sources", "storage", "engine"}
     unknown = set(data) - top_allowed
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown keys {sorted(unknown)}")
@@ -545,7 +574,7 @@ def load_config(
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{cfg_path}: {key}: expected a string, got {_shown(data[key])}")
     for key in ("chunking", "embedding", "index", "ask", "gigachat", "openai", "images", "sources",
-                "storage"):
+                "storage", "engine"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{cfg_path}: [{key}] must be a table, got {_shown(data[key])}")
 
@@ -579,6 +608,7 @@ def load_config(
         sources = SourcesConfig(**sources_raw)
         openai = _openai_settings(_section(data, "openai", cfg_path, OpenAISettings), env)
         storage = _storage_settings(_section(data, "storage", cfg_path, StorageConfig), env, cfg_path)
+        engine = EngineConfig(**_section(data, "engine", cfg_path, EngineConfig))
     except TypeError as e:
         raise ConfigError(f"{cfg_path}: {e}") from None
     if env.get("PIPELINE_CHAT_MODEL") is not None:
@@ -595,6 +625,8 @@ def load_config(
                           "must be positive")
     if chunking.overlap_tokens < 0 or chunking.target_tokens < 0:
         raise ConfigError(f"{cfg_path}: [chunking] sizes must not be negative")
+    if engine.workers < 0:
+        raise ConfigError(f"{cfg_path}: [engine] workers must not be negative")
     if embedding.concurrency < 1 or embedding.max_attempts < 1 or embedding.max_queued_texts < 1:
         raise ConfigError(f"{cfg_path}: [embedding] concurrency, max_attempts and max_queued_texts must be at "
                           "least 1")
@@ -625,6 +657,7 @@ def load_config(
         images=images,
         sources=sources,
         storage=storage,
+        engine=engine,
         source=str(cfg_path),
     ).with_out(out_value, out_what)
 

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .config import EmbeddingConfig
@@ -28,10 +27,10 @@ from .errors import (
     RequestTooLargeError,
     RetryAfterTooLongError,
 )
-from .inflight import AdaptiveConcurrency
+from .limiter import Limiter, LocalLimiter
 from .providers.base import EmbeddingProvider
 from .providers.retry import explain_retry_after, usable_retry_after
-from .ratelimit import BatchSizer, RequestPacer, batch_ceiling
+from .ratelimit import BatchSizer, batch_ceiling
 from .records import ModelSpec
 
 __all__ = ["EmbedItem", "EmbedStats", "embed_items", "plan_batches"]
@@ -76,6 +75,20 @@ class EmbedStats:
     def texts_per_s(self) -> float:
         return self.texts / self.seconds if self.seconds > 0 else 0.0
 
+    def add(self, other: EmbedStats) -> None:
+        """Count in another embed_items call's stats (the Ray engine's workers); its end state is the latest.
+
+        `seconds` stays: calls that overlap do not add up to wall time.
+        """
+        for name in ("texts", "requests", "retries", "tokens", "split_texts", "rate_limited"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.update(other.errors)
+        self.failed.update(other.failed)
+        self.aborted = self.aborted or other.aborted
+        if other.requests:
+            self.batch_texts, self.concurrency = other.batch_texts, other.concurrency
+            self.requests_per_s = other.requests_per_s
+
 
 def plan_batches(items: Iterable[EmbedItem], max_texts: int, max_tokens: int = 0) -> list[list[EmbedItem]]:
     """Consecutive batches of at most max_texts items and (if set) max_tokens summed tokens."""
@@ -103,7 +116,8 @@ class _Run:
 
     def __init__(self, provider: EmbeddingProvider, cfg: EmbeddingConfig, on_batch: OnBatch,
                  progress: Callable[[int], None] | None, splitter: Splitter | None,
-                 backoff_initial_s: float, backoff_max_s: float, on_failed: OnFailed | None = None) -> None:
+                 backoff_initial_s: float, backoff_max_s: float, on_failed: OnFailed | None = None,
+                 limiter: Limiter | None = None) -> None:
         spec: ModelSpec = provider.spec
         self.provider, self.spec, self.cfg = provider, spec, cfg
         self.on_batch, self.progress, self.splitter, self.on_failed = on_batch, progress, splitter, on_failed
@@ -118,10 +132,9 @@ class _Run:
         self.max_tokens = spec.max_batch_tokens
         # A local model is CPU-bound and threads itself: parallel batches would only queue on its lock.
         limit = min(cfg.concurrency, spec.max_concurrency) if spec.max_concurrency else cfg.concurrency
-        self.concurrency = AdaptiveConcurrency(limit)
+        # The limits of the key; shared with other processes when the caller passes theirs (the Ray engine).
+        self.limiter = limiter or LocalLimiter(limit, cfg.requests_per_minute, cfg.tokens_per_minute)
         self.workers = max(2, math.ceil(limit * SPARE_WORKERS))
-        self.pacer = RequestPacer(cfg.requests_per_minute / 60)
-        self.tpm = AsyncLimiter(cfg.tokens_per_minute, 60) if cfg.tokens_per_minute else None
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.failing = 0  # failed responses (5xx, timeouts, drops, 429s naming no wait) since the last success
         self.pending: deque[EmbedItem] = deque()
@@ -244,10 +257,10 @@ class _Run:
         """Log the scheduler's state now and then (at -vv): where a slow run loses its time."""
         while True:
             await asyncio.sleep(every_s)
-            s = self.stats
+            s, limits = self.stats, await self.limiter.state()
             log.debug("%d texts, %d requests, %d 429s, %d queued, %d in flight of %d, %.1f req/s pace, "
                       "%d texts per request", s.texts, s.requests, s.rate_limited, len(self.pending),
-                      self.concurrency.in_flight, self.concurrency.limit, self.pacer.rate, self.sizer.limit)
+                      limits.in_flight, limits.limit, limits.rate, self.sizer.limit)
 
     # -- one batch
 
@@ -348,7 +361,7 @@ class _Run:
         return min(self.backoff_max_s, base * random.uniform(0.5, 1.5))
 
     async def _attempt(self, batch: list[EmbedItem], seen: Counter[str], queued: bool) -> np.ndarray:
-        slot = await self.concurrency.acquire(first=bool(seen) or batch is self._trial)  # a trial: soon
+        slot = await self.limiter.acquire(first=bool(seen) or batch is self._trial)  # a trial: soon
         try:
             if self.stats.aborted:  # taken before the run stopped: do not spend a request on it
                 raise ProviderError(self.stats.aborted, provider=self.provider.name, retryable=False)
@@ -365,8 +378,7 @@ class _Run:
                 elif queued and len(batch) < allowed:
                     self._top_up(batch, allowed)  # cut before the size grew: it leaves full
                 texts = [item.text for item in batch]
-                await self._pace(sum(item.tokens for item in batch))
-                sent_at = time.monotonic()
+                sent_at = await self._pace(sum(item.tokens for item in batch))
                 self.stats.requests += 1
                 # The slot frees as soon as the body is in: the server is done, decoding is ours.
                 matrix = await self.provider.embed_batch(texts, on_received=slot.release)
@@ -376,8 +388,7 @@ class _Run:
                                            endpoint="embeddings")
                 # Learned before the probe (if this is one) lets the others go.
                 self.failing = 0
-                self.concurrency.succeeded()
-                self.pacer.succeeded()
+                self.limiter.succeeded()
                 self.sizer.succeeded(len(texts))
                 return matrix
             except ProviderError as e:
@@ -390,11 +401,11 @@ class _Run:
                     asked = usable_retry_after(e.retry_after, self.cfg.max_retry_after_s)
                     if asked is not None:  # a rate limit: it names the moment a request can get in again
                         self._paced_at = time.monotonic()
-                        self.pacer.rate_limited(self._paced_at, asked, sent_at)
+                        self.limiter.rate_limited(asked, sent_at)
                     elif e.retry_after is not None:  # inf, or a day: not worth holding the lock and the job
                         raise explain_retry_after(e, self.cfg.max_retry_after_s) from None
                     else:  # GigaChat's 429 is "too many concurrent requests" (gigachat-api.md §6)
-                        self.concurrency.throttled()
+                        self.limiter.throttled()
                         self.failing += 1  # no moment named: a run of them backs off like failures
                 else:
                     seen["error"] += 1
@@ -432,15 +443,14 @@ class _Run:
             return True
         return False
 
-    async def _pace(self, tokens: int) -> None:
-        while (delay := self.pacer.delay(time.monotonic())) > 0:
+    async def _pace(self, tokens: int) -> float:
+        """Wait until the limits let this request go; the moment, on the limiter's clock."""
+        pace = await self.limiter.pace(tokens)
+        if pace.rate_bound:
             self._paced_at = time.monotonic()
-            await asyncio.sleep(delay)
-        if self.tpm:
-            amount = min(tokens, self.cfg.tokens_per_minute)
-            if not self.tpm.has_capacity(amount):
-                self._tokens_bound_at = time.monotonic()
-            await self.tpm.acquire(amount)
+        if pace.tokens_bound:
+            self._tokens_bound_at = time.monotonic()
+        return pace.sent_at
 
     async def _embed_long_text(self, text: str) -> np.ndarray:
         """A text the server refused as too long: embed its pieces, average their unit vectors."""
@@ -472,6 +482,7 @@ async def embed_items(
     splitter: Splitter | None = None,
     backoff_initial_s: float = 0.05,
     backoff_max_s: float = 30.0,
+    limiter: Limiter | None = None,
 ) -> EmbedStats:
     """Embed every item; hand each finished batch (keys, raw float32 matrix) to `on_batch`, and the keys of
     items that will not be embedded this run to `on_failed`.
@@ -479,9 +490,11 @@ async def embed_items(
     `items` may be lazy (a generator that chunks as it goes): it is drained in a worker thread while
     requests are already in flight. Returns stats; items that failed after all attempts are listed in
     stats.failed with their reason, not raised, so the caller can keep what succeeded and exit non-zero.
+    `limiter`: the key's limits when they are shared with other processes (the Ray engine's actor); by
+    default this call's own (LocalLimiter: [embedding] concurrency, requests and tokens per minute).
     Raises what on_batch or the items iterable raise.
     """
-    run = _Run(provider, cfg, on_batch, progress, splitter, backoff_initial_s, backoff_max_s, on_failed)
+    run = _Run(provider, cfg, on_batch, progress, splitter, backoff_initial_s, backoff_max_s, on_failed, limiter)
     started = time.perf_counter()
     tasks = [asyncio.create_task(run.feed(items))] + [asyncio.create_task(run.work()) for _ in range(run.workers)]
     reporter = asyncio.create_task(run.report()) if log.isEnabledFor(logging.DEBUG) else None
@@ -496,6 +509,7 @@ async def embed_items(
     run._record_failed([item.key for item in run.pending if item.key not in stats.failed], "not sent")
     stats.seconds = time.perf_counter() - started
     stats.batch_texts = run.sizer.limit
-    stats.concurrency = run.concurrency.limit
-    stats.requests_per_s = run.pacer.rate if run.pacer.rate < math.inf else 0.0
+    limits = await run.limiter.state()
+    stats.concurrency = limits.limit
+    stats.requests_per_s = limits.rate if limits.rate < math.inf else 0.0
     return stats

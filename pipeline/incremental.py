@@ -30,6 +30,22 @@ class CorpusDiff:
     def to_chunk(self) -> list[str]:
         return self.added + self.changed
 
+    def mark(self, doc_id: str, content_hash: str, previous: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Sort one document read this run; True when it is to be chunked (added or changed)."""
+        before = previous.get(doc_id)
+        if before is None:
+            self.added.append(doc_id)
+        elif before.get("content_hash") != content_hash:
+            self.changed.append(doc_id)
+        else:
+            self.unchanged.append(doc_id)
+            return False
+        return True
+
+    def finish(self, previous: Mapping[str, Mapping[str, Any]], seen: set[str]) -> None:
+        """After the last document: those of `previous` not seen this run are deleted."""
+        self.deleted = sorted(set(previous) - seen)
+
     def counts(self) -> dict[str, int]:
         return {"added": len(self.added), "changed": len(self.changed), "deleted": len(self.deleted),
                 "unchanged": len(self.unchanged)}
@@ -56,13 +72,6 @@ def diff_stream(docs: Iterable[Document], previous: Mapping[str, Mapping[str, An
     seen: set[str] = set()
     for doc in docs:
         seen.add(doc.doc_id)
-        before = previous.get(doc.doc_id)
-        if before is None:
-            diff.added.append(doc.doc_id)
-        elif before.get("content_hash") != doc.content_hash:
-            diff.changed.append(doc.doc_id)
-        else:
-            diff.unchanged.append(doc.doc_id)
-            continue
-        yield doc
-    diff.deleted = sorted(set(previous) - seen)
+        if diff.mark(doc.doc_id, doc.content_hash, previous):
+            yield doc
+    diff.finish(previous, seen)

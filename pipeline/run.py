@@ -1,7 +1,9 @@
 """Run: bring an output directory up to date with a corpus (embed, reindex), or say what that would send (plan).
 
 Joins sources -> chunking -> embedding -> store -> index around one RunContext; never searches or answers.
-The run's event loop lives here; corpus images are described by the [images] vision model, if one is set.
+The driver's part (lock, diff, snapshot stream, cache writes, index, publish) is one for every engine; the
+local engine (this process's event loop) reads, chunks and embeds here; corpus images are described by the
+[images] vision model, if one is set.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -40,13 +42,13 @@ from .store import (
     row_count,
     write_json_atomic,
 )
-from .tokens import TokenCounter, preload_counter, token_counter_for
+from .tokens import preload_counter, token_counter_for
 
 if TYPE_CHECKING:  # the index stage loads when a run builds one (faiss: 50 ms)
     from .index import IndexReport
 
-__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Progress", "chunk_corpus", "embed",
-           "no_progress", "plan", "reindex"]
+__all__ = ["EXIT_NOTHING_EMBEDDED", "EXIT_PARTIAL", "EmbedReport", "Engine", "LocalEngine", "Progress", "RunState",
+           "Tally", "chunk_corpus", "embed", "no_progress", "plan", "reindex"]
 
 Progress = Callable[[str, int | None], Callable[[int], None]]  # (label, total) -> advance(n)
 Describe = Callable[[Path, str], str]  # an image file and its doc id -> its description
@@ -103,6 +105,8 @@ class EmbedReport:
     snapshot: str = ""
     diff: dict[str, int] = field(default_factory=dict)  # added / changed / deleted / unchanged documents
     index: dict[str, Any] | None = None
+    engine: str = "local"  # where documents were read, chunked and embedded: this process, or a Ray cluster
+    workers: int = 1  # processes that embedded (the Ray engine's embedding actors)
 
     @property
     def exit_code(self) -> int:
@@ -116,9 +120,10 @@ class EmbedReport:
         d = self.diff
         changes = (f" (+{d.get('added', 0)} ~{d.get('changed', 0)} -{d.get('deleted', 0)} "
                    f"={d.get('unchanged', 0)})") if d else ""
+        where = f", engine {self.engine} ({self.workers} workers)" if self.engine != "local" else ""
         return (f"{self.documents} documents{changes}, {self.chunks} chunks, {skipped} skipped, "
                 f"{self.vectors} vectors ({self.embedded} embedded, {self.cached} cached), "
-                f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s")
+                f"{self.failed_chunks} failed, {self.seconds:.1f} s, {rate:.1f} chunks/s{where}")
 
 
 def _documents(config: Config, corpus: Path, report: SourceReport | None, describe: Describe | None = None,
@@ -175,7 +180,8 @@ def _crash_point(name: str) -> None:
 
 
 def embed(config: Config, *, build: bool = True, new_index: bool = False, progress: Progress = no_progress,
-          provider: EmbeddingProvider | None = None, allow_shrink: bool = False, verify: bool = False) -> EmbedReport:
+          provider: EmbeddingProvider | None = None, allow_shrink: bool = False, verify: bool = False,
+          engine: Engine | None = None) -> EmbedReport:
     """Bring the output directory up to date with the corpus: incremental, locked, atomic.
 
     Unchanged documents keep their rows (vectors included) from the live snapshot; new and changed
@@ -184,6 +190,8 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     snapshot is published only when complete, so searches never see a half-built index.
     `provider`: one already made for config's model (providers.warmed_provider); the run owns and closes
     it, refused or not. Default: made and warmed here.
+    `engine`: where documents are read, chunked and embedded (default: LocalEngine, this process); whichever
+    it is, this process holds the lock and writes the cache, the snapshot, the index and CURRENT.
     Raises ModelMismatchError when the live index has another model fingerprint (use new_index), and
     ShrinkRefusedError when the corpus has no documents, or lost more than [sources] max_deleted_share of
     the live ones, unless allow_shrink (the vectors embedded meanwhile stay in the cache).
@@ -191,34 +199,118 @@ def embed(config: Config, *, build: bool = True, new_index: bool = False, progre
     """
     started = time.perf_counter()
     owner = OwnedProvider(provider)
+    engine = engine or LocalEngine()
     try:
+        engine.check(config)
         spec = run_spec(config)
         preload_counter(spec)
         # Started first: the access token arrives while the tokenizer loads and the corpus is read.
-        if owner.provider is None:
+        if owner.provider is None and engine.embeds_here:
             owner.provider = warmed_provider(spec, config)
         ctx = RunContext.open(config, spec, new_index=new_index)
         with ctx.locked():
             if ctx.foreign():
                 raise ctx.mismatch()
-            return _update(ctx, owner, started, build, progress, allow_shrink, verify)
+            return _update(ctx, owner, engine, started, build, progress, allow_shrink, verify)
     finally:
         owner.close()
 
 
-def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, progress: Progress,
+@dataclass
+class Tally:
+    chunks: int = 0
+    cached: int = 0  # chunks whose vector the cache had (or an earlier chunk of the run asked for)
+    tokens: int = 0  # of the texts sent to be embedded
+
+
+@dataclass
+class RunState:
+    """A locked run's driver side, the same whichever engine reads, chunks and embeds: what the engine works
+    from (context, previous manifest, known files) and what it fills (sources, diff, tally, stream, cache)."""
+
+    ctx: RunContext
+    owner: OwnedProvider
+    cache: VectorCache
+    stream: SnapshotStream
+    progress: Progress
+    previous: dict[str, Any]  # the live manifest's documents
+    known: dict[str, KnownFile] | None  # files not to read again (None: --verify)
+    chunked: Callable[[], None]  # reading and chunking are done (report.chunk_seconds)
+    sources: SourceReport = field(default_factory=SourceReport)
+    diff: CorpusDiff = field(default_factory=CorpusDiff)
+    tally: Tally = field(default_factory=Tally)
+
+    def admit(self, doc_id: str, entry: dict[str, Any], chunks: list[Chunk], missing: Iterable[str]) -> list[Chunk]:
+        """A chunked document into the stream, given the hashes the cache lacks; the chunks to embed (each
+        hash once in the run: a chunk whose vector is cached or already asked for is counted as cached)."""
+        new = set(self.stream.add(doc_id, entry, chunks, missing))
+        self.tally.chunks += len(chunks)
+        out: list[Chunk] = []
+        for c in chunks:
+            if c.content_hash in new:
+                new.discard(c.content_hash)
+                self.tally.tokens += c.token_count
+                out.append(c)
+            else:
+                self.tally.cached += 1
+        return out
+
+    def landed(self, keys: list[str], matrix: np.ndarray) -> None:
+        """Vectors embedded: into the cache (the run's only writer of it), then to the documents waiting."""
+        self.cache.put(keys, matrix)
+        self.stream.landed(keys, matrix)
+
+
+class Engine(Protocol):
+    """Where a run's documents are read, chunked and embedded; the driver (embed) does the rest."""
+
+    name: str
+    workers: int  # processes that embed(ed)
+    embeds_here: bool  # uses the run's own provider (so embed warms it up first)
+
+    def check(self, config: Config) -> None:
+        """Refuse, with a ConfigError, settings this engine cannot run (before any work or lock)."""
+
+    def run(self, state: RunState) -> EmbedStats:
+        """Read the corpus (state.known unread) into state.sources and state.diff; admit() each added or
+        changed document and tell the stream what landed and what failed. Every document read is settled
+        when this returns."""
+
+
+class LocalEngine:
+    """This process: documents stream from the corpus through the chunker to the embedder's event loop."""
+
+    name = "local"
+    workers = 1
+    embeds_here = True
+
+    def check(self, config: Config) -> None:
+        return None
+
+    def run(self, state: RunState) -> EmbedStats:
+        config = state.ctx.config
+        with _describer(config) as describe:
+            # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
+            # the first requests leave with the first file instead of after the whole corpus is read.
+            docs = _documents(config, config.corpus, state.sources, describe, state.known)
+            missing = _missing_items(diff_stream(docs, state.previous, state.diff), state)
+            first = next(missing, None)
+            if first is None:
+                return EmbedStats()
+            return asyncio.run(_embed_missing(state, itertools.chain([first], missing)))
+
+
+def _update(ctx: RunContext, owner: OwnedProvider, engine: Engine, started: float, build: bool, progress: Progress,
             allow_shrink: bool, verify: bool) -> EmbedReport:
-    """The locked part of embed: diff, chunk and embed what is missing, write, index and publish.
+    """The locked part of embed: diff, chunk and embed what is missing (the engine), write, index and publish.
 
     Streams end to end: documents are read, chunked, embedded and written as they come, the previous
     snapshot's kept rows are copied batch by batch, so memory follows the settings, not the corpus.
     """
     config, out_dir = ctx.config, ctx.out_dir
-    report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=config.out_label)
-    sources = SourceReport()
-    diff = CorpusDiff()
+    report = EmbedReport(corpus=str(config.corpus), model=ctx.spec.name, out_dir=config.out_label,
+                         engine=engine.name)
     cache = ctx.cache()
-    tally = _Tally()
 
     def chunked() -> None:
         report.chunk_seconds = time.perf_counter() - started
@@ -227,18 +319,11 @@ def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, 
     snap = new_snapshot_dir(out_dir)  # unpublished until the end; a crash leaves it to the next run
     stream = SnapshotStream(snap, cache, meta)
     prev_docs: dict[str, Any] = ctx.manifest["documents"] if ctx.manifest else {}
-    with _describer(config) as describe, _aborted_on_error(stream):
-        # Reading, diffing and chunking feed the embedder as they go (it drains them in a thread), so
-        # the first requests leave with the first file instead of after the whole corpus is read.
-        known = None if verify else _known_files(prev_docs)
-        to_chunk = diff_stream(_documents(config, config.corpus, sources, describe, known), prev_docs, diff)
-        missing = _missing_items(to_chunk, ctx.settings, ctx.counter, cache, stream, tally,
-                                 progress("chunk", None), chunked)
-        first = next(missing, None)
-        stats = EmbedStats()
-        if first is not None:
-            stats = asyncio.run(_embed_missing(ctx, owner, itertools.chain([first], missing), cache, progress,
-                                               stream))
+    state = RunState(ctx, owner, cache, stream, progress, prev_docs, None if verify else _known_files(prev_docs),
+                     chunked)
+    sources, diff, tally = state.sources, state.diff, state.tally
+    with _aborted_on_error(stream):
+        stats = engine.run(state)
         if not allow_shrink:
             _check_shrink(ctx, sources, diff)
         _crash_point("after_embed")
@@ -246,6 +331,7 @@ def _update(ctx: RunContext, owner: OwnedProvider, started: float, build: bool, 
         failed = set(stream.failed_docs)
         keep = set(diff.unchanged) | {d for d in failed if d in prev_docs}  # a failed one keeps its old rows
         rows = stream.finish(ctx.previous.vectors_path if ctx.previous is not None else None, keep)
+    report.workers = engine.workers
     report.files, report.unread, report.documents = sources.files, sources.unread, sources.documents
     report.skipped, report.warnings = dict(sources.skipped), sources.warnings
     report.diff = diff.counts()
@@ -319,7 +405,7 @@ def plan(config: Config, *, latency_ms: float | None = None) -> EmbedPlan:
         manifest = None
     sources = SourceReport()
     diff = CorpusDiff()
-    tally = _Tally()
+    tally = Tally()
     to_send: list[EmbedItem] = []  # texts dropped: a plan needs their token counts only
     seen: set[str] = set()
     cache = ctx.cache()
@@ -384,52 +470,34 @@ def _update_index(config: Config, previous: Snapshot | None, snap: Snapshot, pro
                         progress=progress("index", None))
 
 
-@dataclass
-class _Tally:
-    chunks: int = 0
-    cached: int = 0  # chunks whose vector the cache had (or an earlier chunk of the run asked for)
-    tokens: int = 0  # of the texts sent to be embedded
-
-
-def _missing_items(docs: Iterable[Document], settings: ChunkSettings, counter: TokenCounter, cache: VectorCache,
-                   stream: SnapshotStream, tally: _Tally, advance: Callable[[int], None],
-                   done: Callable[[], None]) -> Iterator[EmbedItem]:
-    """Chunk `docs` into `stream`; yield each content hash neither cached nor already asked for."""
+def _missing_items(docs: Iterable[Document], state: RunState) -> Iterator[EmbedItem]:
+    """Chunk `docs` into the run's stream; yield each content hash neither cached nor already asked for."""
+    ctx, advance = state.ctx, state.progress("chunk", None)
     for doc in docs:
-        chunks = chunk_document(doc, settings, counter)
-        missing = cache.missing(list({c.content_hash: None for c in chunks}))  # one lookup a document
+        chunks = chunk_document(doc, ctx.settings, ctx.counter)
+        missing = state.cache.missing(list({c.content_hash: None for c in chunks}))  # one lookup a document
         entry = {"content_hash": doc.content_hash, "source_path": doc.source_path}
-        new = set(stream.add(doc.doc_id, entry, chunks, missing))
-        tally.chunks += len(chunks)
-        for c in chunks:
-            if c.content_hash in new:
-                new.discard(c.content_hash)
-                tally.tokens += c.token_count
-                yield EmbedItem(c.content_hash, c.embed_text, c.token_count)
-            else:
-                tally.cached += 1
+        for c in state.admit(doc.doc_id, entry, chunks, missing):
+            yield EmbedItem(c.content_hash, c.embed_text, c.token_count)
         advance(1)
-    done()
+    state.chunked()
 
 
-async def _embed_missing(ctx: RunContext, owner: OwnedProvider, items: Iterable[EmbedItem], cache: VectorCache,
-                         progress: Progress, stream: SnapshotStream) -> EmbedStats:
+async def _embed_missing(state: RunState, items: Iterable[EmbedItem]) -> EmbedStats:
     """Embed items into the cache, telling the stream what landed and what failed; the owned provider is
     closed at the end of this, its loop."""
+    ctx, owner = state.ctx, state.owner
     try:
         provider = owner.get(ctx.spec, ctx.config)
         counter = token_counter_for(ctx.spec)
-        advance = progress("embed", len(items) if isinstance(items, Sized) else None)
-
-        def store(keys: list[str], matrix: np.ndarray) -> None:
-            cache.put(keys, matrix)
-            stream.landed(keys, matrix)
+        advance = state.progress("embed", len(items) if isinstance(items, Sized) else None)
 
         async def on_batch(keys: list[str], matrix: np.ndarray) -> None:
-            await asyncio.to_thread(store, keys, matrix)
+            await asyncio.to_thread(state.landed, keys, matrix)
 
-        return await embed_items(provider, items, ctx.config.embedding, on_batch=on_batch, on_failed=stream.failed,
-                                 progress=advance, splitter=lambda text: split_for_retry(text, counter))
+        return await embed_items(provider, items, ctx.config.embedding, on_batch=on_batch,
+                                 on_failed=state.stream.failed, progress=advance,
+                                 splitter=lambda text: split_for_retry(text, counter))
     finally:
         await owner.aclose()
 

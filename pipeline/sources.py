@@ -40,7 +40,7 @@ from .records import Document
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "FileStamp", "ImageDescriber", "KnownFile", "SourceReport",
            "TEXT_SUFFIXES",
            "Heading", "escape_name", "html_document", "html_to_text", "iter_documents", "markdown_headings",
-           "text_hash", "unescape_name"]
+           "read_file", "text_hash", "unescape_name", "walk_corpus"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ImageDescriber = Callable[[Path, str], str]  # (image path, path relative to the corpus) -> description
@@ -123,6 +123,17 @@ class SourceReport:
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
+
+    def merge(self, other: SourceReport) -> None:
+        """Count in what another reader found (a Ray task's part of the corpus); its warnings are logged here."""
+        self.files += other.files
+        self.documents += other.documents
+        self.unread += other.unread
+        self.skipped.update(other.skipped)
+        self.stamps.update(other.stamps)
+        self.warnings.extend(other.warnings)
+        for message in other.warnings:
+            log.warning(message)
 
 
 _BLOCK_TAGS = {"p", "div", "section", "article", "header", "footer", "main", "aside", "nav", "h1", "h2",
@@ -553,37 +564,54 @@ def iter_documents(corpus: Path, report: SourceReport | None = None,
     counted (see the module's walking rules). Raises SourceError when the corpus path itself does not exist.
     """
     report = report if report is not None else SourceReport()
+    for path, rel, follow in walk_corpus(corpus, report, follow_symlinks=follow_symlinks):
+        yield from read_file(path, rel, report, describe_image, follow=follow, max_file_bytes=max_file_bytes,
+                             known=known)
+
+
+def walk_corpus(corpus: Path, report: SourceReport, *, follow_symlinks: bool = False
+                ) -> Iterator[tuple[Path, str, bool]]:
+    """The files of a corpus to read, in sorted order: (path, escaped relative path, follow links to read it).
+
+    What is not to be read (links, special files, unreadable folders) is skipped and counted in `report`.
+    Raises SourceError when the corpus path itself does not exist.
+    """
     if not corpus.exists():
         raise SourceError(f"{corpus}: corpus path does not exist")
-    if corpus.is_dir():
-        files = _walk(corpus, report, follow_symlinks)
-    else:  # named explicitly: followed if it is a link
-        files = iter([(corpus, escape_name(corpus.name))])
-    for path, rel in files:
-        report.files += 1
-        suffix = path.suffix.lower()
-        follow = follow_symlinks or path is corpus
-        stamp = _stamp(path, follow)
-        if stamp is not None:
-            report.stamps[rel] = stamp
-            was = known.get(rel) if known else None
-            if was is not None and was[0] == stamp:  # size and mtime as before: its documents are too
-                report.unread += 1
-                for doc_id, content_hash in was[1]:
-                    report.documents += 1
-                    yield Document(doc_id=doc_id, source_path=rel, text="", content_hash=content_hash,
-                                   doc_type="unread")
-                continue
-        if suffix in IMAGE_SUFFIXES:
-            image = _image_document(path, rel, describe_image, report, follow=follow, max_bytes=max_file_bytes)
-            if image is not None:
+    if not corpus.is_dir():  # named explicitly: followed if it is a link
+        yield corpus, escape_name(corpus.name), True
+        return
+    for path, rel in _walk(corpus, report, follow_symlinks):
+        yield path, rel, follow_symlinks
+
+
+def read_file(path: Path, rel: str, report: SourceReport, describe_image: ImageDescriber | None = None, *,
+              follow: bool = False, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              known: Mapping[str, KnownFile] | None = None) -> Iterator[Document]:
+    """The documents of one file walk_corpus gave (see iter_documents); counted, or skipped, in `report`."""
+    report.files += 1
+    suffix = path.suffix.lower()
+    stamp = _stamp(path, follow)
+    if stamp is not None:
+        report.stamps[rel] = stamp
+        was = known.get(rel) if known else None
+        if was is not None and was[0] == stamp:  # size and mtime as before: its documents are too
+            report.unread += 1
+            for doc_id, content_hash in was[1]:
                 report.documents += 1
-                yield image
-            continue
-        kind = TEXT_SUFFIXES.get(suffix)
-        if kind is None:
-            report.skip(rel, "unsupported type", escape_name(path.suffix) or "no extension")
-            continue
-        for doc in _file_documents(path, rel, kind, report, follow=follow, max_bytes=max_file_bytes):
+                yield Document(doc_id=doc_id, source_path=rel, text="", content_hash=content_hash,
+                               doc_type="unread")
+            return
+    if suffix in IMAGE_SUFFIXES:
+        image = _image_document(path, rel, describe_image, report, follow=follow, max_bytes=max_file_bytes)
+        if image is not None:
             report.documents += 1
-            yield doc
+            yield image
+        return
+    kind = TEXT_SUFFIXES.get(suffix)
+    if kind is None:
+        report.skip(rel, "unsupported type", escape_name(path.suffix) or "no extension")
+        return
+    for doc in _file_documents(path, rel, kind, report, follow=follow, max_bytes=max_file_bytes):
+        report.documents += 1
+        yield doc
