@@ -33,10 +33,10 @@ ask: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ray"
 
-# The Ray engine on a two-node Ray cluster the tests start on this machine (tests/ray): installs the ray extra.
+# The Ray engine on a two-node Ray cluster the tests start on this machine (tests/cluster): installs the ray extra.
 test-ray: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
-	PIPELINE_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m ray tests/ray
+	PIPELINE_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m ray tests/cluster
 
 # LiteLLM proxy in front of the emulator (the seed's model_list): heavy, so it gets its own venv and target.
 LITELLM_VENV := .venv-litellm

@@ -1,5 +1,5 @@
 """--engine and [engine]: a bad value, a setting the Ray engine cannot run, or no Ray installed is one error line
-and exit 2, before anything is read or sent; these need no Ray (tests/ray runs the engine itself)."""
+and exit 2, before anything is read or sent; these need no Ray (tests/cluster runs the engine itself)."""
 
 from __future__ import annotations
 
