@@ -93,5 +93,5 @@ def test_exact_tokens_sizes_chunks_by_the_services_own_count(tmp_path: Path) -> 
         again = list(api.chunk_corpus(config, DATA / "ru" / "khleb-na-zakvaske.md"))
     assert len(chunks) >= 2 and asked >= 1
     for c in chunks:  # the emulator counts ceil(len/3) + 5 per embedded text; our count is its count
-        assert c.token_count == math.ceil(len(c.text) / 3) + 5 <= 512
+        assert c.token_count == math.ceil(len(c.context + c.text) / 3) + 5 <= 512  # what is embedded, prefix too
     assert [c.chunk_id for c in again] == [c.chunk_id for c in chunks]
