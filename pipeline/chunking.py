@@ -388,26 +388,28 @@ def chunk_document(doc: Document, settings: ChunkSettings, counter: TokenCounter
     """
     if settings.contextual and (doc.headings or doc.metadata.get("title")):
         return _contextual_chunks(doc, settings, counter)
-    chunks: list[Chunk] = []
-    for i, span in enumerate(chunk_text(doc.text, settings, counter)):
-        piece = doc.text[span.start : span.end]
-        chunks.append(
-            Chunk(
-                chunk_id=f"{doc.doc_id}:{i}",
-                doc_id=doc.doc_id,
-                source_path=doc.source_path,
-                chunk_index=i,
-                char_start=span.start,
-                char_end=span.end,
-                text=piece,
-                token_count=span.token_count,
-                content_hash=hashlib.sha256(piece.encode("utf-8", "surrogatepass")).hexdigest(),
-                doc_type=doc.doc_type,
-                overlap_chars=span.overlap_chars,
-                metadata=doc.metadata,
-            )
-        )
-    return chunks
+    return [_chunk(doc, i, span) for i, span in enumerate(chunk_text(doc.text, settings, counter))]
+
+
+def _chunk(doc: Document, i: int, span: Span, context: str = "", token_count: int | None = None,
+           metadata: dict | None = None) -> Chunk:
+    """doc's i-th Chunk at span; its hash is of what is embedded (context + text), its text its own."""
+    piece = doc.text[span.start : span.end]
+    return Chunk(
+        chunk_id=f"{doc.doc_id}:{i}",
+        doc_id=doc.doc_id,
+        source_path=doc.source_path,
+        chunk_index=i,
+        char_start=span.start,
+        char_end=span.end,
+        text=piece,
+        token_count=span.token_count if token_count is None else token_count,
+        content_hash=hashlib.sha256((context + piece).encode("utf-8", "surrogatepass")).hexdigest(),
+        doc_type=doc.doc_type,
+        overlap_chars=span.overlap_chars,
+        metadata=doc.metadata if metadata is None else metadata,
+        context=context,
+    )
 
 
 def _contextual_chunks(doc: Document, settings: ChunkSettings, counter: TokenCounter) -> list[Chunk]:
@@ -432,23 +434,7 @@ def _contextual_chunks(doc: Document, settings: ChunkSettings, counter: TokenCou
         path = tracker.path(piece, span.start)
         prefix, tokens = fit_prefix(prefix_elements(path, piece), piece, span.token_count, counter,
                                     max_tokens=settings.max_tokens, cap=reserve)
-        chunks.append(
-            Chunk(
-                chunk_id=f"{doc.doc_id}:{i}",
-                doc_id=doc.doc_id,
-                source_path=doc.source_path,
-                chunk_index=i,
-                char_start=span.start,
-                char_end=span.end,
-                text=piece,
-                token_count=tokens,
-                content_hash=hashlib.sha256((prefix + piece).encode("utf-8", "surrogatepass")).hexdigest(),
-                doc_type=doc.doc_type,
-                overlap_chars=span.overlap_chars,
-                metadata={**doc.metadata, "headings": path} if path else doc.metadata,
-                context=prefix,
-            )
-        )
+        chunks.append(_chunk(doc, i, span, prefix, tokens, {**doc.metadata, "headings": path} if path else None))
     return chunks
 
 
